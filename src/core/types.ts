@@ -82,3 +82,23 @@ export interface Deny {
 }
 
 export type Decision = Allow | Deny;
+
+/** Timers, injected so background work (JWKS refresh, cache sweeps) is driven by tests, not by waiting. */
+export interface Scheduler {
+  setTimeout(fn: () => void, ms: number): TimerHandle;
+  clearTimeout(handle: TimerHandle): void;
+}
+
+export interface TimerHandle {
+  /** Lets the process exit while the timer is pending (node `unref`). */
+  unref?(): void;
+}
+
+export const systemScheduler: Scheduler = {
+  setTimeout: (fn, ms) => {
+    const t = globalThis.setTimeout(fn, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (h) => globalThis.clearTimeout(h as ReturnType<typeof globalThis.setTimeout>),
+};
