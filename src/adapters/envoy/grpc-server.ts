@@ -1,0 +1,83 @@
+import { Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import { denial } from '../../core/errors.js';
+import type { CheckInput, Decision } from '../../core/types.js';
+import type { CheckRequest__Output } from '../../generated/envoy/service/auth/v3/CheckRequest.js';
+import type { CheckResponse } from '../../generated/envoy/service/auth/v3/CheckResponse.js';
+import { toDeny } from '../../pipeline/decide.js';
+import { toCheckInput, toCheckResponse } from './grpc-mapping.js';
+import { loadAuthorizationService } from './protos.js';
+
+export type DecisionHandler = (input: CheckInput) => Decision | Promise<Decision>;
+
+export interface GrpcServer {
+  listen(address: string): Promise<string>;
+  setServing(serving: boolean): void;
+  /** Stops accepting calls, lets in-flight calls finish, forces after graceMs. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+export const AUTH_SERVICE_NAME = 'envoy.service.auth.v3.Authorization';
+
+export function createGrpcServer(deps: {
+  handle: DecisionHandler;
+  onMalformed: () => Decision;
+  credentials?: () => ServerCredentials;
+}): GrpcServer {
+  const server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+  const health = new HealthImplementation({ '': 'NOT_SERVING', [AUTH_SERVICE_NAME]: 'NOT_SERVING' });
+  health.addToServer(server);
+
+  const respond = (cb: sendUnaryData<CheckResponse>, d: Decision) => cb(null, toCheckResponse(d));
+
+  server.addService(loadAuthorizationService(), {
+    Check(call: ServerUnaryCall<CheckRequest__Output, CheckResponse>, cb: sendUnaryData<CheckResponse>) {
+      let input: CheckInput | undefined;
+      try {
+        input = toCheckInput(call.request);
+      } catch {
+        input = undefined;
+      }
+      if (!input) {
+        respond(cb, deps.onMalformed());
+        return;
+      }
+      const d = deps.handle(input);
+      if (d instanceof Promise) {
+        d.then(
+          (res) => respond(cb, res),
+          () => respond(cb, toDeny(denial('internal_error', 'internal error'), 'portcullis')),
+        );
+      } else respond(cb, d);
+    },
+  });
+
+  return {
+    listen(address) {
+      return new Promise((resolve, reject) => {
+        server.bindAsync(address, deps.credentials?.() ?? ServerCredentials.createInsecure(), (err, port) => {
+          if (err) reject(err);
+          else resolve(`${address.slice(0, address.lastIndexOf(':'))}:${port}`);
+        });
+      });
+    },
+    setServing(serving) {
+      const s: ServingStatus = serving ? 'SERVING' : 'NOT_SERVING';
+      health.setStatus('', s);
+      health.setStatus(AUTH_SERVICE_NAME, s);
+    },
+    shutdown(graceMs) {
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        timer.unref();
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    },
+  };
+}

@@ -1,0 +1,103 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { CheckInput, Decision } from '../../core/types.js';
+import { denyBody } from './grpc-mapping.js';
+
+/**
+ * ext_authz over HTTP (Envoy `http_service`, Envoy Gateway `extAuth.http`,
+ * Istio `envoyExtAuthzHttp`). Envoy sends the original method, path and the
+ * allowed headers; 200 means allow and the response headers listed in
+ * `allowed_upstream_headers` are copied upstream; any other status is passed
+ * to the client with its headers and body. Headers to strip from the upstream
+ * request go in `x-envoy-auth-headers-to-remove`.
+ */
+export interface HttpAuthzServer {
+  listen(address: string): Promise<string>;
+  shutdown(graceMs: number): Promise<void>;
+}
+
+export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string): CheckInput {
+  const headers = new Map<string, string>();
+  const counts = new Map<string, number>();
+  const distinct = req.headersDistinct;
+  for (const k in distinct) {
+    const values = distinct[k] ?? [];
+    headers.set(k, values.join(','));
+    counts.set(k, values.length);
+  }
+  let url = req.url ?? '/';
+  if (pathPrefix && url.startsWith(pathPrefix)) url = url.slice(pathPrefix.length) || '/';
+  const q = url.indexOf('?');
+  return {
+    method: req.method ?? '',
+    host: headers.get('host') ?? '',
+    path: q >= 0 ? url.slice(0, q) : url,
+    query: q >= 0 ? url.slice(q + 1) : '',
+    headers,
+    headerCounts: counts,
+    contextExtensions: new Map(),
+  };
+}
+
+function writeDecision(res: ServerResponse, d: Decision): void {
+  if (d.kind === 'allow') {
+    for (const h of d.headersToSet) res.setHeader(h.name, h.value);
+    if (d.headersToRemove.length > 0) res.setHeader('x-envoy-auth-headers-to-remove', d.headersToRemove.join(','));
+    res.writeHead(200);
+    res.end();
+    return;
+  }
+  for (const h of d.headers) res.setHeader(h.name, h.value);
+  res.setHeader('x-portcullis-reason', d.reason);
+  res.setHeader('content-type', 'application/json');
+  res.writeHead(d.status);
+  res.end(denyBody(d.reason, d.message));
+}
+
+export function createHttpAuthzServer(deps: {
+  handle: (input: CheckInput) => Decision | Promise<Decision>;
+  onError: () => Decision;
+  pathPrefix: string;
+}): HttpAuthzServer {
+  const server: Server = createServer({ requireHostHeader: false }, (req, res) => {
+    // The request body is never needed: drain it so the connection can be reused.
+    req.resume();
+    let d: Decision | Promise<Decision>;
+    try {
+      d = deps.handle(toHttpCheckInput(req, deps.pathPrefix));
+    } catch {
+      d = deps.onError();
+    }
+    if (d instanceof Promise) d.then((r) => writeDecision(res, r), () => writeDecision(res, deps.onError()));
+    else writeDecision(res, d);
+  });
+  server.keepAliveTimeout = 65_000;
+  return {
+    listen(address) {
+      const i = address.lastIndexOf(':');
+      const host = address.slice(0, i).replace(/^\[|\]$/g, '');
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(Number(address.slice(i + 1)), host === '*' ? undefined : host, () => {
+          server.off('error', reject);
+          const a = server.address() as AddressInfo;
+          resolve(`${address.slice(0, i)}:${a.port}`);
+        });
+      });
+    },
+    shutdown(graceMs) {
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          server.closeAllConnections();
+          resolve();
+        }, graceMs);
+        timer.unref();
+        server.close(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+        server.closeIdleConnections();
+      });
+    },
+  };
+}

@@ -1,0 +1,99 @@
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { ConfigError, PortcullisError, type ConfigIssue } from '../core/errors.js';
+import { configSchema, type Config } from './schema.js';
+
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const seg of path) {
+    if (typeof seg === 'number') out += `[${seg}]`;
+    else out += out ? `.${String(seg)}` : String(seg);
+  }
+  return out;
+}
+
+/** Settings that flags and environment variables override (applied to the parsed document before validation). */
+export interface Overrides {
+  grpc?: string;
+  http?: string;
+  admin?: string;
+  logLevel?: string;
+  keycloakUrl?: string;
+  keycloakRealms?: string[];
+  keycloakAudiences?: string[];
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function section(doc: Record<string, unknown>, key: string): Record<string, unknown> {
+  const cur = doc[key];
+  if (isRecord(cur)) return cur;
+  const fresh: Record<string, unknown> = {};
+  doc[key] = fresh;
+  return fresh;
+}
+
+export function applyOverrides(raw: unknown, o: Overrides): { doc: unknown; issues: ConfigIssue[] } {
+  const issues: ConfigIssue[] = [];
+  if (raw !== undefined && raw !== null && !isRecord(raw)) return { doc: raw, issues };
+  const doc: Record<string, unknown> = isRecord(raw) ? structuredClone(raw) : {};
+  if (o.grpc !== undefined) section(doc, 'listen').grpc = o.grpc;
+  if (o.http !== undefined) section(doc, 'listen').http = o.http;
+  if (o.admin !== undefined) section(doc, 'listen').admin = o.admin;
+  if (o.logLevel !== undefined) section(doc, 'log').level = o.logLevel;
+  const realms = o.keycloakRealms ?? [];
+  if (realms.length > 0 || o.keycloakUrl !== undefined) {
+    if (!o.keycloakUrl) issues.push({ path: '--keycloak-realm', message: 'needs --keycloak-url' });
+    else if (realms.length === 0) issues.push({ path: '--keycloak-url', message: 'needs at least one --keycloak-realm' });
+    else if (!o.keycloakAudiences || o.keycloakAudiences.length === 0)
+      issues.push({
+        path: '--keycloak-realm',
+        message: 'needs --keycloak-audience (the audience tokens must carry, e.g. the client id of the service behind Envoy)',
+      });
+    else {
+      const base = o.keycloakUrl.replace(/\/+$/, '');
+      const list = Array.isArray(doc.issuers) ? [...(doc.issuers as unknown[])] : [];
+      for (const realm of realms) {
+        list.push({ name: realm, issuer: `${base}/realms/${realm}`, audiences: o.keycloakAudiences });
+      }
+      doc.issuers = list;
+    }
+  }
+  return { doc, issues };
+}
+
+/** Parses and validates a YAML document. Throws ConfigError listing every problem by path. */
+export function parseConfig(text: string, source = 'config', overrides: Overrides = {}): Config {
+  const yamlDoc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (yamlDoc.errors.length > 0) {
+    // The first few errors locate the problem; the rest are usually its echo.
+    throw new ConfigError(
+      yamlDoc.errors.slice(0, 3).map((e) => ({
+        path: e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '',
+        message: `YAML: ${(e.message.split('\n')[0] ?? e.message).replace(/ at line \d+, column \d+:?$/, '')}${
+          /flow|\{|\}/.test(e.message) ? ' (a value with "{" or "}", such as a path template, must be quoted)' : ''
+        }`,
+      })),
+      source,
+    );
+  }
+  const { doc, issues } = applyOverrides(yamlDoc.toJS(), overrides);
+  const parsed = configSchema.safeParse(doc ?? {});
+  if (!parsed.success) {
+    issues.push(...parsed.error.issues.map((i) => ({ path: formatPath(i.path), message: i.message })));
+  }
+  if (issues.length > 0 || !parsed.success) throw new ConfigError(issues, source);
+  return parsed.data;
+}
+
+export function readConfigFile(file: string, overrides: Overrides = {}): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new PortcullisError('ERR_CONFIG_READ', `cannot read config file ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  return parseConfig(text, file, overrides);
+}

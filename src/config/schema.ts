@@ -1,0 +1,168 @@
+import { z } from 'zod';
+
+/**
+ * The configuration file's shape. Everything a user can write is here, with
+ * its default; docs/configuration.md documents every key (a test checks that
+ * each key below is mentioned there).
+ */
+
+const address = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+|\*):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:9191 or [::1]:9191')
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0..65535');
+
+const SUPPORTED_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+export type Algorithm = (typeof SUPPORTED_ALGS)[number];
+
+const algorithm = z.string().superRefine((v, ctx) => {
+  if (v.toLowerCase() === 'none') {
+    ctx.addIssue({ code: 'custom', message: '"none" is never allowed: unsigned tokens prove nothing' });
+  } else if (/^HS/i.test(v)) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `${v} is not allowed: HMAC algorithms would let anyone holding the issuer's published key forge tokens`,
+    });
+  } else if (!(SUPPORTED_ALGS as readonly string[]).includes(v)) {
+    ctx.addIssue({ code: 'custom', message: `unsupported algorithm "${v}"; supported: ${SUPPORTED_ALGS.join(', ')}` });
+  }
+});
+
+const seconds = z.number().positive();
+
+const jwksSettings = z
+  .strictObject({
+    refreshSeconds: seconds.default(300),
+    maxStalenessSeconds: seconds.default(86_400),
+    kidMissCooldownSeconds: z.number().nonnegative().default(30),
+    timeoutMs: z.number().int().positive().default(5_000),
+    retryMinSeconds: seconds.default(1),
+  })
+  .prefault({});
+
+/** A claim path: dotted string (`realm_access.roles`) or explicit segments (`[resource_access, my.client, roles]`). */
+const claimPath = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
+
+const issuer = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'letters, digits, "_", "." and "-" only'),
+  issuer: z.url(),
+  jwksUri: z.url().optional(),
+  discoveryUrl: z.url().optional(),
+  audiences: z.array(z.string().min(1)).min(1, 'at least one audience: a token for another service must not be accepted here'),
+  algorithms: z.array(algorithm).min(1).default(['RS256', 'ES256']),
+  /** Where roles live in the token; defaults to Keycloak's realm roles and each audience's client roles. */
+  roleClaims: z.array(claimPath).optional(),
+  subjectClaim: z.string().min(1).default('sub'),
+  clockSkewSeconds: z.number().nonnegative().optional(),
+  jwks: jwksSettings,
+});
+
+export const CREDENTIAL_SOURCE = /^(header|cookie|query):([A-Za-z0-9!#$%&'*+.^_`|~-]+)$/;
+const credentialSource = z
+  .string()
+  .regex(CREDENTIAL_SOURCE, 'expected header:NAME, cookie:NAME or query:NAME');
+
+const roleList = z.array(z.string().min(1)).min(1);
+const roleRequirement = z.union([
+  z.strictObject({ anyOf: roleList }),
+  z.strictObject({ allOf: roleList }),
+]);
+
+const headerName = z.string().regex(/^[a-z0-9!#$%&'*+.^_`|~-]+$/, 'header names are lower-case tokens');
+const headerTemplates = z.record(headerName, z.union([z.string(), z.null()]));
+
+const route = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.:-]*$/, 'letters, digits, "_", ".", ":" and "-" only'),
+  match: z
+    .strictObject({
+      hosts: z.array(z.string().min(1)).min(1).optional(),
+      methods: z.array(z.string().regex(/^[A-Za-z]+$/, 'an HTTP method')).min(1).optional(),
+      path: z.string().startsWith('/').optional(),
+    })
+    .prefault({}),
+  /** `authenticated` (default): a valid token is required. `anonymous`: no credentials looked at. `deny`: always 403. */
+  allow: z.enum(['authenticated', 'anonymous', 'deny']).default('authenticated'),
+  issuers: z.array(z.string().min(1)).min(1).optional(),
+  credentials: z.array(credentialSource).min(1).optional(),
+  require: z
+    .strictObject({
+      roles: roleRequirement.optional(),
+    })
+    .prefault({}),
+  headers: headerTemplates.optional(),
+});
+
+const developmentIssuer = z
+  .strictObject({
+    enabled: z.boolean().default(false),
+    name: z.string().default('dev'),
+    audience: z.string().default('portcullis-dev'),
+    maxTtlSeconds: z.number().int().positive().default(3_600),
+    algorithm: z.enum(['ES256', 'RS256']).default('ES256'),
+  })
+  .prefault({});
+
+export const configSchema = z.strictObject({
+  listen: z
+    .strictObject({
+      grpc: address.default('0.0.0.0:9191'),
+      http: z.union([address, z.literal('off')]).default('0.0.0.0:9192'),
+      admin: address.default('127.0.0.1:9901'),
+      /** Prefix Envoy's http_service adds (`path_prefix`); stripped before matching. */
+      httpPathPrefix: z.string().default(''),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      /** Fraction of allow decisions logged (denies are always logged). */
+      decisionSampleRate: z.number().min(0).max(1).default(1),
+    })
+    .prefault({}),
+  server: z
+    .strictObject({
+      shutdownGraceSeconds: z.number().nonnegative().default(15),
+      /** Watch the config file and reload on change (SIGHUP always reloads). */
+      watchConfig: z.boolean().default(true),
+    })
+    .prefault({}),
+  defaults: z
+    .strictObject({
+      onNoRoute: z.enum(['deny', 'allow']).default('deny'),
+      credentials: z.array(credentialSource).min(1).default(['header:authorization']),
+      clockSkewSeconds: z.number().nonnegative().default(30),
+      maxTokenBytes: z.number().int().positive().default(8_192),
+      /** Inbound headers portcullis owns: removed from every allowed request so clients cannot spoof them. */
+      identityHeaders: z.array(z.string().min(1)).default(['x-portcullis-*', 'x-user-*']),
+      /** Headers set on every authenticated allow (route `headers` add to or override these; null removes one). */
+      headers: headerTemplates.default({
+        'x-portcullis-sub': '{sub}',
+        'x-portcullis-tenant': '{issuer.name}',
+        'x-portcullis-roles': '{roles}',
+        'x-portcullis-route': '{route}',
+      }),
+      /** context_extensions key whose value names the route to use. */
+      routeContextKey: z.string().min(1).default('route'),
+      /** realm in WWW-Authenticate. */
+      authRealm: z.string().default('portcullis'),
+    })
+    .prefault({}),
+  tokenCache: z
+    .strictObject({
+      maxEntries: z.number().int().nonnegative().default(10_000),
+    })
+    .prefault({}),
+  issuers: z.array(issuer).default([]),
+  development: z
+    .strictObject({
+      issuer: developmentIssuer,
+    })
+    .prefault({}),
+  /** Role inheritance: each role lists the roles it includes. */
+  roles: z.record(z.string().min(1), z.array(z.string().min(1))).default({}),
+  routes: z.array(route).default([]),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type IssuerConfig = Config['issuers'][number];
+export type RouteConfig = Config['routes'][number];

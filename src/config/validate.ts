@@ -1,0 +1,42 @@
+import type { ConfigIssue } from '../core/errors.js';
+import { compilePolicy, type Policy } from '../pipeline/policy.js';
+import type { Config } from './schema.js';
+
+export function isLoopbackAddress(address: string): boolean {
+  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
+/**
+ * Checks that need more than the schema: cross-references, uniqueness, the
+ * route table, templates. Needs no network, so `portcullis validate` runs it too.
+ */
+export function checkConfig(
+  config: Config,
+  adminAddress: string = config.listen.admin,
+): { ok: true; policy: Policy; issuerNames: Set<string> } | { ok: false; issues: ConfigIssue[] } {
+  const issues: ConfigIssue[] = [];
+  const names = new Set<string>();
+  const urls = new Set<string>();
+  config.issuers.forEach((i, idx) => {
+    if (names.has(i.name)) issues.push({ path: `issuers[${idx}].name`, message: `duplicate issuer name "${i.name}"` });
+    names.add(i.name);
+    if (urls.has(i.issuer)) issues.push({ path: `issuers[${idx}].issuer`, message: `issuer URL ${i.issuer} is configured twice` });
+    urls.add(i.issuer);
+  });
+  const dev = config.development.issuer;
+  if (dev.enabled) {
+    if (!isLoopbackAddress(adminAddress)) {
+      issues.push({
+        path: 'development.issuer.enabled',
+        message: 'the development issuer mints tokens for anyone who reaches the admin port; it needs listen.admin on a loopback address',
+      });
+    }
+    if (names.has(dev.name)) issues.push({ path: 'development.issuer.name', message: `"${dev.name}" is also a configured issuer` });
+    names.add(dev.name);
+  }
+  const compiled = compilePolicy(config, names);
+  if (!compiled.ok) issues.push(...compiled.issues);
+  if (issues.length > 0 || !compiled.ok) return { ok: false, issues };
+  return { ok: true, policy: compiled.policy, issuerNames: names };
+}

@@ -1,0 +1,120 @@
+import type { Config, RouteConfig } from '../config/schema.js';
+import { compileTemplate } from '../config/template.js';
+import type { ConfigIssue } from '../core/errors.js';
+import { parseCredentialSource, type CredentialSource } from '../stages/credentials.js';
+import { createOwnedHeaders, type HeaderTemplate, type OwnedHeaders } from '../stages/response.js';
+import { createRoleResolver, type RoleRequirement, type RoleResolver } from '../stages/roles.js';
+import { buildRouteTable, type RouteTable } from './route-table.js';
+
+/**
+ * A route as the pipeline runs it: every string in the config turned into
+ * the structure the hot path reads (sets, compiled templates, parsed sources).
+ * The table of which stage applies to which route is this type: a stage whose
+ * field is absent costs nothing for that route.
+ */
+export interface CompiledRoute {
+  readonly name: string;
+  readonly match: RouteConfig['match'];
+  readonly allow: RouteConfig['allow'];
+  /** Issuer names this route accepts; undefined = any configured issuer. */
+  readonly issuers?: ReadonlySet<string>;
+  readonly sources: readonly CredentialSource[];
+  readonly roles?: RoleRequirement;
+  readonly headers: readonly HeaderTemplate[];
+}
+
+export interface Policy {
+  readonly table: RouteTable<CompiledRoute>;
+  readonly owned: OwnedHeaders;
+  readonly roles: RoleResolver;
+  readonly onNoRoute: 'deny' | 'allow';
+  readonly routeContextKey: string;
+  readonly maxTokenBytes: number;
+  readonly authRealm: string;
+}
+
+function pathParams(template: string | undefined): Set<string> {
+  const out = new Set<string>();
+  if (!template) return out;
+  for (const m of template.matchAll(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g)) if (m[1]) out.add(m[1]);
+  return out;
+}
+
+export function compilePolicy(
+  config: Config,
+  issuerNames: ReadonlySet<string>,
+): { ok: true; policy: Policy } | { ok: false; issues: ConfigIssue[] } {
+  const issues: ConfigIssue[] = [];
+  const routes: CompiledRoute[] = [];
+
+  for (const [role, includes] of Object.entries(config.roles)) {
+    includes.forEach((r, j) => {
+      if (r === role) issues.push({ path: `roles.${role}[${j}]`, message: 'a role cannot include itself' });
+    });
+  }
+
+  config.routes.forEach((r, i) => {
+    const at = `routes[${i}]`;
+    if (r.issuers) {
+      r.issuers.forEach((name, j) => {
+        if (!issuerNames.has(name)) {
+          issues.push({
+            path: `${at}.issuers[${j}]`,
+            message: `unknown issuer "${name}"; configured: ${[...issuerNames].join(', ') || '(none)'}`,
+          });
+        }
+      });
+    }
+    if (r.allow === 'anonymous' && (r.require.roles || r.issuers || r.credentials)) {
+      issues.push({ path: at, message: 'an anonymous route cannot require roles, issuers or credentials' });
+    }
+    const params = pathParams(r.match.path);
+    const merged: Record<string, string | null> = { ...config.defaults.headers };
+    Object.assign(merged, r.headers ?? {});
+    const headers: HeaderTemplate[] = [];
+    for (const [name, src] of Object.entries(merged)) {
+      if (src === null) continue;
+      const t = compileTemplate(src, params);
+      if (!t.ok) {
+        const where = r.headers && name in r.headers ? `${at}.headers.${name}` : `defaults.headers.${name}`;
+        issues.push({ path: where, message: t.message });
+        continue;
+      }
+      if (r.allow === 'anonymous' && t.template.needsPrincipal) {
+        // Defaults that describe the caller simply do not apply to anonymous routes.
+        if (r.headers && name in r.headers) {
+          issues.push({ path: `${at}.headers.${name}`, message: 'an anonymous route has no caller to take this value from' });
+        }
+        continue;
+      }
+      headers.push({ name, template: t.template });
+    }
+    const req = r.require.roles;
+    routes.push({
+      name: r.name,
+      match: r.match,
+      allow: r.allow,
+      issuers: r.issuers ? new Set(r.issuers) : undefined,
+      sources: (r.credentials ?? config.defaults.credentials).map(parseCredentialSource),
+      roles: req ? ('anyOf' in req ? { mode: 'anyOf', roles: req.anyOf } : { mode: 'allOf', roles: req.allOf }) : undefined,
+      headers,
+    });
+  });
+
+  const built = buildRouteTable(routes);
+  if (!built.ok) issues.push(...built.issues.map((i) => ({ path: i.path, message: i.message })));
+  if (issues.length > 0 || !built.ok) return { ok: false, issues };
+
+  return {
+    ok: true,
+    policy: {
+      table: built.table,
+      owned: createOwnedHeaders(config.defaults.identityHeaders),
+      roles: createRoleResolver(config.roles),
+      onNoRoute: config.defaults.onNoRoute,
+      routeContextKey: config.defaults.routeContextKey,
+      maxTokenBytes: config.defaults.maxTokenBytes,
+      authRealm: config.defaults.authRealm,
+    },
+  };
+}

@@ -1,0 +1,78 @@
+import { denial, type Denial } from '../core/errors.js';
+import type { Principal } from '../core/types.js';
+
+/**
+ * Role inheritance, resolved once at config load: `admin: [sandbox:manage]`
+ * means whoever holds admin also holds sandbox:manage (and, transitively,
+ * whatever that includes). Cycles are allowed and simply merge the roles.
+ */
+export interface RoleResolver {
+  /** The closure of the given roles. */
+  expand(roles: readonly string[]): ReadonlySet<string>;
+}
+
+export function createRoleResolver(graph: Readonly<Record<string, readonly string[]>>): RoleResolver {
+  const closure = new Map<string, ReadonlySet<string>>();
+  for (const role of Object.keys(graph)) {
+    const seen = new Set<string>([role]);
+    const stack = [role];
+    while (stack.length > 0) {
+      const r = stack.pop() as string;
+      for (const child of graph[r] ?? []) {
+        if (!seen.has(child)) {
+          seen.add(child);
+          stack.push(child);
+        }
+      }
+    }
+    closure.set(role, seen);
+  }
+  return {
+    expand(roles) {
+      const out = new Set<string>();
+      for (const r of roles) {
+        const c = closure.get(r);
+        if (c) for (const x of c) out.add(x);
+        else out.add(r);
+      }
+      return out;
+    },
+  };
+}
+
+/** Reads role names from the claim paths an issuer is configured with. */
+export function extractRoles(claims: Readonly<Record<string, unknown>>, paths: readonly (readonly string[])[]): string[] {
+  const out: string[] = [];
+  for (const path of paths) {
+    let v: unknown = claims;
+    for (const seg of path) {
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+        v = undefined;
+        break;
+      }
+      v = (v as Record<string, unknown>)[seg];
+    }
+    if (Array.isArray(v)) {
+      for (const r of v) if (typeof r === 'string' && r.length > 0 && !out.includes(r)) out.push(r);
+    } else if (typeof v === 'string') {
+      // Space-delimited, as OAuth `scope` is.
+      for (const r of v.split(' ')) if (r.length > 0 && !out.includes(r)) out.push(r);
+    }
+  }
+  return out;
+}
+
+export interface RoleRequirement {
+  mode: 'anyOf' | 'allOf';
+  roles: readonly string[];
+}
+
+export function checkRoles(principal: Principal, req: RoleRequirement): Denial | undefined {
+  const have = principal.effectiveRoles;
+  if (req.mode === 'anyOf') {
+    for (const r of req.roles) if (have.has(r)) return undefined;
+    return denial('missing_role', `requires any of the roles: ${req.roles.join(', ')}`);
+  }
+  const missing = req.roles.filter((r) => !have.has(r));
+  return missing.length === 0 ? undefined : denial('missing_role', `requires all of the roles: ${req.roles.join(', ')}`);
+}

@@ -1,0 +1,157 @@
+import { LRUCache } from 'lru-cache';
+import type { KeySource, ResolvedKey } from '../adapters/oidc/key-source.js';
+import { denial, isDenial, type Denial } from '../core/errors.js';
+import type { Clock, Principal } from '../core/types.js';
+import { parseJws, verifySignature, type ParsedJws } from './jws.js';
+import { extractRoles, type RoleResolver } from './roles.js';
+
+/** One configured issuer (a Keycloak realm = one tenant), ready for the hot path. */
+export interface IssuerRuntime {
+  name: string;
+  issuer: string;
+  audiences: ReadonlySet<string>;
+  algorithms: ReadonlySet<string>;
+  roleClaims: readonly (readonly string[])[];
+  subjectClaim: string;
+  clockSkewMs: number;
+  keys: KeySource;
+}
+
+export type VerifyResult = Principal | Denial;
+
+export interface VerifyObserver {
+  cacheHit(issuer: string): void;
+  cacheMiss(): void;
+}
+
+export interface Verifier {
+  /** Synchronous when the token is cached or the key is known; a promise only when a key must be fetched. */
+  verify(token: string, source: string): VerifyResult | Promise<VerifyResult>;
+  /** Issuer name of a token's `iss`, without verifying anything (for traces and fall-through ranking). */
+  issuerNameOf(iss: string): string | undefined;
+  cacheSize(): number;
+}
+
+export interface VerifierDeps {
+  clock: Clock;
+  issuers: readonly IssuerRuntime[];
+  roles: RoleResolver;
+  cacheMaxEntries: number;
+  observer?: VerifyObserver;
+}
+
+interface CacheEntry {
+  principal: Principal;
+  issuer: IssuerRuntime;
+  kid: string | undefined;
+  alg: string;
+}
+
+function numericClaim(payload: Readonly<Record<string, unknown>>, name: string): number | undefined | Denial {
+  const v = payload[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v)) return denial('claims_invalid', `claim "${name}" is not a number`);
+  return v;
+}
+
+export function createVerifier(deps: VerifierDeps): Verifier {
+  const { clock, roles, observer } = deps;
+  const byIss = new Map<string, IssuerRuntime>();
+  for (const i of deps.issuers) byIss.set(i.issuer, i);
+  const cache =
+    deps.cacheMaxEntries > 0 ? new LRUCache<string, CacheEntry>({ max: deps.cacheMaxEntries }) : undefined;
+
+  function checkClaims(jws: ParsedJws, issuer: IssuerRuntime, token: string, source: string): VerifyResult {
+    const p = jws.payload;
+    const now = clock.now();
+    const skew = issuer.clockSkewMs;
+    const exp = numericClaim(p, 'exp');
+    if (isDenial(exp)) return exp;
+    if (exp === undefined) return denial('claims_invalid', 'token has no "exp" claim; tokens without expiry are not accepted');
+    if (now - skew >= exp * 1000) return denial('token_expired', 'token has expired');
+    const nbf = numericClaim(p, 'nbf');
+    if (isDenial(nbf)) return nbf;
+    if (nbf !== undefined && now + skew < nbf * 1000) return denial('token_not_yet_valid', 'token is not valid yet ("nbf")');
+    const iat = numericClaim(p, 'iat');
+    if (isDenial(iat)) return iat;
+    if (iat !== undefined && now + skew < iat * 1000) return denial('token_issued_in_future', 'token was issued in the future ("iat")');
+    const aud = p.aud;
+    let audOk = false;
+    if (typeof aud === 'string') audOk = issuer.audiences.has(aud);
+    else if (Array.isArray(aud)) for (const a of aud) if (typeof a === 'string' && issuer.audiences.has(a)) audOk = true;
+    if (!audOk) return denial('audience_mismatch', `token audience is not one of: ${[...issuer.audiences].join(', ')}`);
+    const sub = p[issuer.subjectClaim];
+    if (typeof sub !== 'string' || sub.length === 0) {
+      return denial('claims_invalid', `token has no "${issuer.subjectClaim}" claim`);
+    }
+    const tokenRoles = extractRoles(p, issuer.roleClaims);
+    return {
+      issuerName: issuer.name,
+      issuer: issuer.issuer,
+      sub,
+      qualifiedSub: `${issuer.name}/${sub}`,
+      roles: tokenRoles,
+      effectiveRoles: roles.expand(tokenRoles),
+      claims: p,
+      token,
+      expiresAt: exp * 1000,
+      source,
+    };
+  }
+
+  function finish(jws: ParsedJws, issuer: IssuerRuntime, key: ResolvedKey, token: string, source: string): VerifyResult {
+    if (!verifySignature(jws, key.key)) return denial('signature_invalid', 'token signature does not verify');
+    const result = checkClaims(jws, issuer, token, source);
+    if (!isDenial(result) && cache) cache.set(token, { principal: result, issuer, kid: jws.kid, alg: jws.alg });
+    return result;
+  }
+
+  function keyDenial(issuer: IssuerRuntime, lookup: 'unknown_kid' | 'unavailable', kid: string | undefined): Denial {
+    return lookup === 'unavailable'
+      ? denial('jwks_unavailable', `signing keys of issuer "${issuer.name}" are not available`)
+      : denial('unknown_kid', `no signing key ${kid === undefined ? 'without kid' : `"${kid}"`} for this algorithm at issuer "${issuer.name}"`);
+  }
+
+  return {
+    verify(token, source) {
+      if (cache) {
+        const hit = cache.get(token);
+        if (hit) {
+          if (clock.now() - hit.issuer.clockSkewMs < hit.principal.expiresAt) {
+            // A key that has since been withdrawn (or keys gone stale) ends the cached trust too.
+            const k = hit.issuer.keys.get(hit.kid, hit.alg);
+            if (typeof k === 'object') {
+              observer?.cacheHit(hit.issuer.name);
+              return hit.principal.source === source ? hit.principal : { ...hit.principal, source };
+            }
+            if (k === 'unavailable') return keyDenial(hit.issuer, k, hit.kid);
+          }
+          cache.delete(token);
+        }
+      }
+      observer?.cacheMiss();
+      const jws = parseJws(token);
+      if (isDenial(jws)) return jws;
+      const iss = jws.payload.iss;
+      if (typeof iss !== 'string') return denial('unknown_issuer', 'token has no "iss" claim');
+      const issuer = byIss.get(iss);
+      if (!issuer) return denial('unknown_issuer', 'token issuer is not configured');
+      if (!issuer.algorithms.has(jws.alg)) {
+        return denial('alg_not_allowed', `algorithm ${jws.alg} is not allowed for issuer "${issuer.name}"`);
+      }
+      const key = issuer.keys.get(jws.kid, jws.alg);
+      if (typeof key === 'object') return finish(jws, issuer, key, token, source);
+      if (key === 'unavailable') return keyDenial(issuer, key, jws.kid);
+      return issuer.keys.resolve(jws.kid, jws.alg).then(
+        (k) => (typeof k === 'object' ? finish(jws, issuer, k, token, source) : keyDenial(issuer, k, jws.kid)),
+        () => keyDenial(issuer, 'unavailable', jws.kid),
+      );
+    },
+    issuerNameOf(iss) {
+      return byIss.get(iss)?.name;
+    },
+    cacheSize() {
+      return cache?.size ?? 0;
+    },
+  };
+}
