@@ -37,6 +37,10 @@ const jwksSettings = z
     timeoutMs: z.number().int().positive().default(5_000),
     retryMinSeconds: seconds.default(1),
   })
+  .refine((j) => j.maxStalenessSeconds >= j.refreshSeconds, {
+    message: 'maxStalenessSeconds must be at least refreshSeconds: keys would expire before the next refresh',
+    path: ['maxStalenessSeconds'],
+  })
   .prefault({});
 
 /** A claim path: dotted string (`realm_access.roles`) or explicit segments (`[resource_access, my.client, roles]`). */
