@@ -18,6 +18,7 @@ import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { createDecider, toDeny, type Decider, type DecisionTrace } from './pipeline/decide.js';
 import type { Policy } from './pipeline/policy.js';
+import { createStageModules, type StageHealth } from './stages/registry.js';
 import { createVerifier, type IssuerRuntime, type Verifier } from './stages/verify.js';
 
 /**
@@ -61,7 +62,7 @@ export interface App {
   stop(): Promise<void>;
   /** Runs the live pipeline without recording metrics or logs (explain, tests). */
   evaluate(input: CheckInput, trace?: DecisionTrace): Decision | Promise<Decision>;
-  readiness(): { ready: boolean; issuers: IssuerHealth[] };
+  readiness(): { ready: boolean; issuers: IssuerHealth[]; stages: StageHealth[] };
   config(): Config;
 }
 
@@ -97,6 +98,8 @@ export function createApp(opts: AppOptions = {}): App {
   let initialConfig = parseConfig(initialText, configPath, opts.overrides);
   const logger = createLogger({ level: initialConfig.log.level, destination: opts.logDestination });
   const decisionLog = logger.child({ kind: 'decision' });
+  const modules = createStageModules({ clock, fetch: fetchFn, scheduler, logger, registry: metrics.registry });
+  const factories = modules.map((m) => m.factory);
 
   const keySources = new Map<string, ManagedKeySource>();
   let devIssuer: DevIssuer | undefined;
@@ -167,7 +170,7 @@ export function createApp(opts: AppOptions = {}): App {
 
   /** Builds a complete runtime from a config, or throws ConfigError. Starts no key source. */
   async function buildRuntime(config: Config): Promise<{ runtime: Runtime; sources: Map<string, ManagedKeySource> }> {
-    const checked = checkConfig(config, addresses?.admin ?? config.listen.admin);
+    const checked = checkConfig(config, addresses?.admin ?? config.listen.admin, factories);
     if (!checked.ok) throw new ConfigError(checked.issues);
     const compiled = checked;
     const dev = config.development.issuer;
@@ -227,14 +230,16 @@ export function createApp(opts: AppOptions = {}): App {
       // On reload, give new issuers a moment to load keys so traffic for them is not refused needlessly.
       await Promise.race([Promise.all(fresh.map((s) => s.refresh())), new Promise((r) => setTimeout(r, 5_000).unref())]);
     }
+    for (const m of modules) await m.prepare?.(next.runtime.config);
     const replaced = [...keySources.entries()].filter(([name, ms]) => next.sources.get(name)?.source !== ms.source);
     runtime = next.runtime;
+    for (const m of modules) m.activated?.(next.runtime.config);
     keySources.clear();
     for (const [name, ms] of next.sources) keySources.set(name, ms);
     for (const [, ms] of replaced) ms.source.stop();
   }
 
-  function readiness(): { ready: boolean; issuers: IssuerHealth[] } {
+  function readiness(): { ready: boolean; issuers: IssuerHealth[]; stages: StageHealth[] } {
     const issuers: IssuerHealth[] = [];
     for (const i of runtime?.issuers ?? []) {
       const s = i.keys.status();
@@ -247,7 +252,8 @@ export function createApp(opts: AppOptions = {}): App {
         lastError: s.lastError,
       });
     }
-    return { ready: !!runtime && !stopping && issuers.every((i) => i.ready), issuers };
+    const stages = modules.flatMap((m) => m.health?.() ?? []);
+    return { ready: !!runtime && !stopping && issuers.every((i) => i.ready) && stages.every((s) => s.ready), issuers, stages };
   }
 
   function record(d: Decision, input: CheckInput, started: number): Decision {
@@ -361,7 +367,7 @@ export function createApp(opts: AppOptions = {}): App {
     a.route('GET', '/healthz', () => json(200, { status: 'ok' }));
     a.route('GET', '/readyz', () => {
       const r = readiness();
-      return json(r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not_ready', stopping, issuers: r.issuers });
+      return json(r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not_ready', stopping, issuers: r.issuers, stages: r.stages });
     });
     a.route('GET', '/dev/.well-known/openid-configuration', () =>
       devIssuer && runtime?.config.development.issuer.enabled ? json(200, devIssuer.discovery()) : json(404, { error: 'not_found' }),
@@ -448,6 +454,7 @@ export function createApp(opts: AppOptions = {}): App {
       logger.info({ graceMs }, 'shutting down: finishing in-flight checks');
       await Promise.all([grpc?.shutdown(graceMs), http?.shutdown(graceMs)]);
       for (const ms of keySources.values()) ms.source.stop();
+      for (const m of modules) await m.stop?.();
       await admin?.close();
       logger.info('stopped');
     },

@@ -4,6 +4,7 @@ import { createApp, DEFAULT_CONFIG_PATH } from './app.js';
 import { parseConfig, type Overrides } from './config/load.js';
 import { checkConfig } from './config/validate.js';
 import { ConfigError, PortcullisError } from './core/errors.js';
+import { createStageModules } from './stages/registry.js';
 
 const USAGE = `usage:
   portcullis [serve] [--config FILE] [options]   start the server (embedded default config without --config)
@@ -80,7 +81,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Cli {
 export function validateFile(file: string, overrides: Overrides, out: (s: string) => void): number {
   try {
     const config = parseConfig(readFileSync(file, 'utf8'), file, overrides);
-    const checked = checkConfig(config);
+    const checked = checkConfig(config, config.listen.admin, createStageModules().map((m) => m.factory));
     if (!checked.ok) throw new ConfigError(checked.issues, file);
     out(`${file}: ok (${config.routes.length} routes, ${checked.issuerNames.size} issuers)`);
     return 0;

@@ -1,5 +1,6 @@
 import type { ConfigIssue } from '../core/errors.js';
 import { compilePolicy, type Policy } from '../pipeline/policy.js';
+import type { StageFactory } from '../pipeline/stage.js';
 import type { Config } from './schema.js';
 
 export function isLoopbackAddress(address: string): boolean {
@@ -14,6 +15,7 @@ export function isLoopbackAddress(address: string): boolean {
 export function checkConfig(
   config: Config,
   adminAddress: string = config.listen.admin,
+  factories: readonly StageFactory[] = [],
 ): { ok: true; policy: Policy; issuerNames: Set<string> } | { ok: false; issues: ConfigIssue[] } {
   const issues: ConfigIssue[] = [];
   const names = new Set<string>();
@@ -35,7 +37,7 @@ export function checkConfig(
     if (names.has(dev.name)) issues.push({ path: 'development.issuer.name', message: `"${dev.name}" is also a configured issuer` });
     names.add(dev.name);
   }
-  const compiled = compilePolicy(config, names);
+  const compiled = compilePolicy(config, names, factories);
   if (!compiled.ok) issues.push(...compiled.issues);
   if (issues.length > 0 || !compiled.ok) return { ok: false, issues };
   return { ok: true, policy: compiled.policy, issuerNames: names };

@@ -6,6 +6,7 @@ import { checkRoles } from '../stages/roles.js';
 import type { Verifier, VerifyResult } from '../stages/verify.js';
 import type { CompiledRoute, Policy } from './policy.js';
 import { splitRequestPath } from './route-table.js';
+import type { RouteStage, StageContext, StageOutput, StageResult } from './stage.js';
 
 /**
  * The pipeline, top to bottom:
@@ -28,6 +29,8 @@ export interface DecisionTrace {
   roles?: { required?: string; found: string[] };
   headersSet?: string[];
   headersRemoved?: string[];
+  /** What each optional stage recorded, by stage name. */
+  stages?: Record<string, unknown>;
 }
 
 export interface Decider {
@@ -68,28 +71,87 @@ function failureRank(d: Denial): number {
   return 1;
 }
 
+/**
+ * Runs stages in order, synchronously while they answer synchronously.
+ * Collects their outputs; stops at the first denial.
+ */
+function runStages(stages: readonly RouteStage[], ctx: StageContext, i: number, acc: StageOutput[]): Denial | StageOutput[] | Promise<Denial | StageOutput[]> {
+  for (; i < stages.length; i++) {
+    const r: StageResult | Promise<StageResult> = (stages[i] as RouteStage).run(ctx);
+    if (r instanceof Promise) {
+      const at = i;
+      return r.then((res) => {
+        if (isDenial(res)) return res;
+        if (res) acc.push(res);
+        return runStages(stages, ctx, at + 1, acc);
+      });
+    }
+    if (isDenial(r)) return r;
+    if (r) acc.push(r);
+  }
+  return acc;
+}
+
+function stageContext(input: CheckInput, routeName: string, params: Readonly<Record<string, string>>, principal: Principal | undefined, trace: DecisionTrace | undefined): StageContext {
+  return { input, routeName, params, principal, trace: trace ? (trace.stages ??= {}) : undefined };
+}
+
 export function createDecider(deps: DeciderDeps): Decider {
   const { policy, verifier } = deps;
 
-  function allow(input: CheckInput, route: CompiledRoute, params: Readonly<Record<string, string>>, principal: Principal | undefined, trace?: DecisionTrace): Decision {
-    const set = renderHeaders(route.headers, principal, route.name, params);
+  function allow(
+    input: CheckInput,
+    route: CompiledRoute,
+    params: Readonly<Record<string, string>>,
+    principal: Principal | undefined,
+    trace: DecisionTrace | undefined,
+    outputs: readonly StageOutput[] = [],
+  ): Decision {
+    let set = renderHeaders(route.headers, principal, route.name, params);
+    let extraRemove: string[] | undefined;
+    let extraMeta: Record<string, string | string[]> | undefined;
+    for (const o of outputs) {
+      if (o.headers && o.headers.length > 0) {
+        const names = new Set(o.headers.map((h) => h.name));
+        set = [...set.filter((h) => !names.has(h.name)), ...o.headers];
+      }
+      if (o.remove) (extraRemove ??= []).push(...o.remove);
+      if (o.metadata) extraMeta = { ...extraMeta, ...o.metadata };
+    }
     const remove = headersToRemove(input, policy.owned, set);
+    if (extraRemove) {
+      for (const name of extraRemove) {
+        if (!remove.includes(name) && !set.some((h) => h.name === name) && input.headers.has(name)) remove.push(name);
+      }
+    }
     if (trace) {
       trace.headersSet = set.map((h) => h.name);
       trace.headersRemoved = remove;
     }
     const metadata = principalMetadata(principal, route.name);
+    if (extraMeta) Object.assign(metadata, extraMeta);
     metadata.decision = 'allow';
     return { kind: 'allow', route: route.name, principal, headersToSet: set, headersToRemove: remove, metadata };
   }
 
-  function authorize(input: CheckInput, route: CompiledRoute, params: Readonly<Record<string, string>>, principal: Principal, trace?: DecisionTrace): Decision {
+  function authorize(
+    input: CheckInput,
+    route: CompiledRoute,
+    params: Readonly<Record<string, string>>,
+    principal: Principal,
+    trace: DecisionTrace | undefined,
+    pre: StageOutput[] | undefined,
+  ): Decision | Promise<Decision> {
     if (route.roles) {
       if (trace) trace.roles = { required: `${route.roles.mode}: ${route.roles.roles.join(', ')}`, found: [...principal.effectiveRoles] };
       const d = checkRoles(principal, route.roles);
       if (d) return toDeny(d, policy.authRealm, route.name, principal);
     }
-    return allow(input, route, params, principal, trace);
+    if (route.after.length === 0) return allow(input, route, params, principal, trace, pre);
+    const r = runStages(route.after, stageContext(input, route.name, params, principal, trace), 0, pre ? [...pre] : []);
+    const finish = (res: Denial | StageOutput[]): Decision =>
+      isDenial(res) ? toDeny(res, policy.authRealm, route.name, principal) : allow(input, route, params, principal, trace, res);
+    return r instanceof Promise ? r.then(finish) : finish(r);
   }
 
   /** Tries each candidate in order; the first valid token wins. */
@@ -164,7 +226,27 @@ export function createDecider(deps: DeciderDeps): Decider {
       return toDeny(denial('no_route', 'no route matches this request'), policy.authRealm);
     }
     if (route.allow === 'deny') return toDeny(denial('route_denied', 'this route is closed'), policy.authRealm, route.name);
-    if (route.allow === 'anonymous') return allow(input, route, params, undefined, trace);
+    if (route.before.length > 0) {
+      const r = route;
+      const p = params;
+      const pre = runStages(route.before, stageContext(input, route.name, params, undefined, trace), 0, []);
+      if (pre instanceof Promise) {
+        return pre.then((res) => (isDenial(res) ? toDeny(res, policy.authRealm, r.name) : authenticated(input, r, p, trace, res)));
+      }
+      if (isDenial(pre)) return toDeny(pre, policy.authRealm, route.name);
+      return authenticated(input, route, params, trace, pre);
+    }
+    return authenticated(input, route, params, trace, undefined);
+  }
+
+  function authenticated(
+    input: CheckInput,
+    route: CompiledRoute,
+    params: Readonly<Record<string, string>>,
+    trace: DecisionTrace | undefined,
+    preOutputs: StageOutput[] | undefined,
+  ): Decision | Promise<Decision> {
+    if (route.allow === 'anonymous') return allow(input, route, params, undefined, trace, preOutputs);
 
     const notes: SourceNote[] | undefined = trace ? (trace.sources = []) : undefined;
     const candidates = collectCandidates(input, route.sources, policy.maxTokenBytes, notes);
@@ -176,9 +258,9 @@ export function createDecider(deps: DeciderDeps): Decider {
     const p = params;
     const authn = authenticate(candidates, 0, r, undefined, trace);
     if (authn instanceof Promise) {
-      return authn.then((res) => (isDenial(res) ? toDeny(res, policy.authRealm, r.name) : authorize(input, r, p, res, trace)));
+      return authn.then((res) => (isDenial(res) ? toDeny(res, policy.authRealm, r.name) : authorize(input, r, p, res, trace, preOutputs)));
     }
-    return isDenial(authn) ? toDeny(authn, policy.authRealm, r.name) : authorize(input, r, p, authn, trace);
+    return isDenial(authn) ? toDeny(authn, policy.authRealm, r.name) : authorize(input, r, p, authn, trace, preOutputs);
   }
 
   const internal = (err: unknown): Deny =>

@@ -5,6 +5,7 @@ import { parseCredentialSource, type CredentialSource } from '../stages/credenti
 import { createOwnedHeaders, type HeaderTemplate, type OwnedHeaders } from '../stages/response.js';
 import { createRoleResolver, type RoleRequirement, type RoleResolver } from '../stages/roles.js';
 import { buildRouteTable, type RouteTable } from './route-table.js';
+import type { RouteStage, StageFactory } from './stage.js';
 
 /**
  * A route as the pipeline runs it: every string in the config turned into
@@ -21,6 +22,10 @@ export interface CompiledRoute {
   readonly sources: readonly CredentialSource[];
   readonly roles?: RoleRequirement;
   readonly headers: readonly HeaderTemplate[];
+  /** Optional stages before credentials (peer identity). */
+  readonly before: readonly RouteStage[];
+  /** Optional stages after roles (ownership, token exchange, hop tokens). */
+  readonly after: readonly RouteStage[];
 }
 
 export interface Policy {
@@ -43,6 +48,7 @@ function pathParams(template: string | undefined): Set<string> {
 export function compilePolicy(
   config: Config,
   issuerNames: ReadonlySet<string>,
+  factories: readonly StageFactory[] = [],
 ): { ok: true; policy: Policy } | { ok: false; issues: ConfigIssue[] } {
   const issues: ConfigIssue[] = [];
   const routes: CompiledRoute[] = [];
@@ -90,6 +96,16 @@ export function compilePolicy(
       headers.push({ name, template: t.template });
     }
     const req = r.require.roles;
+    const before: RouteStage[] = [];
+    const after: RouteStage[] = [];
+    for (const f of factories) {
+      const c = f.compile(r, at, config);
+      if (!c) continue;
+      if ('issues' in c) issues.push(...c.issues);
+      else if (r.allow !== 'authenticated' && c.phase === 'after') {
+        issues.push({ path: at, message: `the ${f.name} stage needs an authenticated caller; this route is allow: ${r.allow}` });
+      } else (c.phase === 'before' ? before : after).push(c.stage);
+    }
     routes.push({
       name: r.name,
       match: r.match,
@@ -98,6 +114,8 @@ export function compilePolicy(
       sources: (r.credentials ?? config.defaults.credentials).map(parseCredentialSource),
       roles: req ? ('anyOf' in req ? { mode: 'anyOf', roles: req.anyOf } : { mode: 'allOf', roles: req.allOf }) : undefined,
       headers,
+      before,
+      after,
     });
   });
 

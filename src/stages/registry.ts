@@ -1,0 +1,43 @@
+import type { Registry } from 'prom-client';
+import type { Config } from '../config/schema.js';
+import type { Clock, FetchFn, Scheduler } from '../core/types.js';
+import type { Logger } from '../observability/logger.js';
+import type { StageFactory } from '../pipeline/stage.js';
+
+/**
+ * The optional stages, in the order they run within their phase. Each module
+ * owns the long-lived resources its stage needs (token endpoint clients,
+ * Kubernetes watches, signing keys) and keeps them across reloads when their
+ * settings do not change.
+ *
+ * Without services (`portcullis validate`) modules only compile and check
+ * configuration; they must not start anything.
+ */
+export interface StageServices {
+  clock: Clock;
+  fetch: FetchFn;
+  scheduler: Scheduler;
+  logger: Logger;
+  registry: Registry;
+}
+
+export interface StageHealth {
+  name: string;
+  ready: boolean;
+  detail?: Record<string, unknown>;
+}
+
+export interface StageModule {
+  readonly factory: StageFactory;
+  /** After a config was compiled and before it is swapped in: start what it needs. */
+  prepare?(config: Config): Promise<void>;
+  /** After the swap: release what the new config no longer uses. */
+  activated?(config: Config): void;
+  health?(): StageHealth[];
+  stop?(): Promise<void>;
+}
+
+export function createStageModules(services?: StageServices): StageModule[] {
+  void services;
+  return [];
+}
