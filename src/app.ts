@@ -18,6 +18,8 @@ import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { createDecider, toDeny, type Decider, type DecisionTrace } from './pipeline/decide.js';
 import type { Policy } from './pipeline/policy.js';
+import { createCertWatcher, type CertWatcher } from './adapters/tls/cert-watcher.js';
+import { compileSpiffePatterns } from './stages/peer.js';
 import { createStageModules, type StageHealth } from './stages/registry.js';
 import { createVerifier, type IssuerRuntime, type Verifier } from './stages/verify.js';
 
@@ -110,6 +112,7 @@ export function createApp(opts: AppOptions = {}): App {
   let http: HttpAuthzServer | undefined;
   let admin: AdminServer | undefined;
   let watcher: FSWatcher | undefined;
+  let certs: CertWatcher | undefined;
   let reloadTimer: ReturnType<Scheduler['setTimeout']> | undefined;
   let stopping = false;
 
@@ -418,13 +421,37 @@ export function createApp(opts: AppOptions = {}): App {
         throw err;
       }
       initialText = '';
-      grpc = createGrpcServer({ handle, onMalformed: malformed });
+      const tlsCfg = config.listen.tls;
+      let tls: { clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision } | undefined;
+      if (tlsCfg) {
+        certs = createCertWatcher({
+          files: tlsCfg,
+          scheduler,
+          intervalMs: tlsCfg.reloadSeconds * 1000,
+          onError: (message) => logger.error({ error: message }, 'new TLS files are not usable; the previous certificate keeps serving'),
+          onReload: (m) => logger.info({ notAfter: m.notAfter, uris: m.uris }, 'TLS certificate reloaded'),
+        });
+        certs.start();
+        const patterns = tlsCfg.allowedClients ? compileSpiffePatterns(tlsCfg.allowedClients) : undefined;
+        const matcher = patterns?.ok ? patterns.matcher : undefined;
+        tls = {
+          clientAllowed: (uris) => !matcher || uris.some((u) => matcher.matches(u)),
+          onClientRefused: () =>
+            record(
+              toDeny(denial('peer_not_allowed', 'this ext_authz client (by its certificate) is not allowed to ask'), config.defaults.authRealm),
+              { method: '', host: '', path: '', query: '', headers: new Map(), contextExtensions: new Map() },
+              performance.now(),
+            ),
+        };
+      }
+      grpc = createGrpcServer({ handle, onMalformed: malformed, tls: certs && tls ? { ...tls, provider: certs.provider() } : undefined });
       addresses.grpc = await grpc.listen(config.listen.grpc);
       if (config.listen.http !== 'off') {
         http = createHttpAuthzServer({
           handle,
           onError: () => toDeny(denial('internal_error', 'internal error'), config.defaults.authRealm),
           pathPrefix: config.listen.httpPathPrefix,
+          tls: certs && tls ? { ...tls, watcher: certs } : undefined,
         });
         addresses.http = await http.listen(config.listen.http);
       }
@@ -449,6 +476,7 @@ export function createApp(opts: AppOptions = {}): App {
       stopping = true;
       grpc?.setServing(false);
       watcher?.close();
+      certs?.stop();
       if (reloadTimer) scheduler.clearTimeout(reloadTimer);
       const graceMs = (runtime?.config.server.shutdownGraceSeconds ?? 15) * 1000;
       logger.info({ graceMs }, 'shutting down: finishing in-flight checks');

@@ -19,6 +19,10 @@ options (each also settable by environment variable):
   --keycloak-url URL        PORTCULLIS_KEYCLOAK_URL  base URL of Keycloak, e.g. https://keycloak.example
   --keycloak-realm REALM    PORTCULLIS_KEYCLOAK_REALMS (comma-separated)   repeatable: one issuer per realm (tenant)
   --keycloak-audience AUD   PORTCULLIS_KEYCLOAK_AUDIENCES (comma-separated) repeatable: audiences those tokens must carry
+  --mtls-cert-file FILE     PORTCULLIS_MTLS_CERT_FILE  serve gRPC and HTTP ext_authz over mTLS with this certificate
+  --mtls-key-file FILE      PORTCULLIS_MTLS_KEY_FILE
+  --mtls-ca-file FILE       PORTCULLIS_MTLS_CA_FILE    CA that signs the clients' (Envoys') certificates
+  --mtls-allowed-client ID  PORTCULLIS_MTLS_ALLOWED_CLIENTS (comma-separated) repeatable: allowed client SPIFFE IDs
   -h, --help
 `;
 
@@ -48,6 +52,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Cli {
         'keycloak-url': { type: 'string' },
         'keycloak-realm': { type: 'string', multiple: true },
         'keycloak-audience': { type: 'string', multiple: true },
+        'mtls-cert-file': { type: 'string' },
+        'mtls-key-file': { type: 'string' },
+        'mtls-ca-file': { type: 'string' },
+        'mtls-allowed-client': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -72,6 +80,10 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Cli {
     keycloakUrl: v['keycloak-url'] ?? env.PORTCULLIS_KEYCLOAK_URL,
     keycloakRealms: v['keycloak-realm'] ?? list(env.PORTCULLIS_KEYCLOAK_REALMS),
     keycloakAudiences: v['keycloak-audience'] ?? list(env.PORTCULLIS_KEYCLOAK_AUDIENCES),
+    mtlsCertFile: v['mtls-cert-file'] ?? env.PORTCULLIS_MTLS_CERT_FILE,
+    mtlsKeyFile: v['mtls-key-file'] ?? env.PORTCULLIS_MTLS_KEY_FILE,
+    mtlsCaFile: v['mtls-ca-file'] ?? env.PORTCULLIS_MTLS_CA_FILE,
+    mtlsAllowedClients: v['mtls-allowed-client'] ?? list(env.PORTCULLIS_MTLS_ALLOWED_CLIENTS),
   };
   for (const k of Object.keys(overrides) as (keyof Overrides)[]) if (overrides[k] === undefined) delete overrides[k];
   return { command, configPath, overrides };

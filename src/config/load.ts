@@ -21,6 +21,10 @@ export interface Overrides {
   keycloakUrl?: string;
   keycloakRealms?: string[];
   keycloakAudiences?: string[];
+  mtlsCertFile?: string;
+  mtlsKeyFile?: string;
+  mtlsCaFile?: string;
+  mtlsAllowedClients?: string[];
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -43,6 +47,14 @@ export function applyOverrides(raw: unknown, o: Overrides): { doc: unknown; issu
   if (o.http !== undefined) section(doc, 'listen').http = o.http;
   if (o.admin !== undefined) section(doc, 'listen').admin = o.admin;
   if (o.logLevel !== undefined) section(doc, 'log').level = o.logLevel;
+  if (o.mtlsCertFile !== undefined || o.mtlsKeyFile !== undefined || o.mtlsCaFile !== undefined || o.mtlsAllowedClients !== undefined) {
+    const listen = section(doc, 'listen');
+    const tls = isRecord(listen.tls) ? listen.tls : (listen.tls = {});
+    if (o.mtlsCertFile !== undefined) tls.certFile = o.mtlsCertFile;
+    if (o.mtlsKeyFile !== undefined) tls.keyFile = o.mtlsKeyFile;
+    if (o.mtlsCaFile !== undefined) tls.caFile = o.mtlsCaFile;
+    if (o.mtlsAllowedClients !== undefined) tls.allowedClients = o.mtlsAllowedClients;
+  }
   const realms = o.keycloakRealms ?? [];
   if (realms.length > 0 || o.keycloakUrl !== undefined) {
     if (!o.keycloakUrl) issues.push({ path: '--keycloak-realm', message: 'needs --keycloak-url' });

@@ -46,6 +46,34 @@ const jwksSettings = z
 /** A claim path: dotted string (`realm_access.roles`) or explicit segments (`[resource_access, my.client, roles]`). */
 const claimPath = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
 
+const EXCHANGE_SECRET_FORMS = ['clientSecret', 'clientSecretFile', 'clientSecretEnv', 'privateKeyJwt'] as const;
+const issuerExchange = z
+  .strictObject({
+    clientId: z.string().min(1),
+    clientSecret: z.string().min(1).optional(),
+    clientSecretFile: z.string().min(1).optional(),
+    clientSecretEnv: z.string().min(1).optional(),
+    privateKeyJwt: z
+      .strictObject({
+        keyFile: z.string().min(1),
+        alg: z.enum(['RS256', 'ES256', 'PS256']),
+        kid: z.string().min(1).optional(),
+      })
+      .optional(),
+    /** Default: the discovery document's `token_endpoint`. */
+    tokenEndpoint: z.url({ protocol: /^https?$/ }).optional(),
+    timeoutMs: z.number().int().positive().default(5_000),
+  })
+  .superRefine((e, ctx) => {
+    const given = EXCHANGE_SECRET_FORMS.filter((k) => e[k] !== undefined);
+    if (given.length !== 1) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `exactly one of ${EXCHANGE_SECRET_FORMS.join(', ')} is needed${given.length > 1 ? ` (got ${given.join(' and ')})` : ''}`,
+      });
+    }
+  });
+
 const issuer = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'letters, digits, "_", "." and "-" only'),
   issuer: z.url(),
@@ -58,6 +86,8 @@ const issuer = z.strictObject({
   subjectClaim: z.string().min(1).default('sub'),
   clockSkewSeconds: z.number().nonnegative().optional(),
   jwks: jwksSettings,
+  /** portcullis's own client at this issuer, for RFC 8693 token exchange (routes with `exchange`). */
+  exchange: issuerExchange.optional(),
 });
 
 export const CREDENTIAL_SOURCE = /^(header|cookie|query):([A-Za-z0-9!#$%&'*+.^_`|~-]+)$/;
@@ -73,6 +103,20 @@ const roleRequirement = z.union([
 
 const headerName = z.string().regex(/^[a-z0-9!#$%&'*+.^_`|~-]+$/, 'header names are lower-case tokens');
 const headerTemplates = z.record(headerName, z.union([z.string(), z.null()]));
+
+const routeExchange = z.strictObject({
+  audience: z.string().min(1),
+  scope: z.string().min(1).optional(),
+  /** Header the exchanged token goes into. */
+  header: headerName.default('authorization'),
+  /** Auth scheme before the token; '' = the raw token. */
+  scheme: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]*$/, 'an auth scheme token (e.g. Bearer) or empty').default('Bearer'),
+  /** What happens to the caller's own token upstream. */
+  inbound: z.enum(['drop', 'keep', 'move']).default('drop'),
+  moveTo: headerName.default('x-portcullis-original-authorization'),
+  /** A token with less than this left is never injected; cached tokens are renewed this long before expiry. */
+  marginSeconds: z.number().nonnegative().default(30),
+});
 
 const route = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.:-]*$/, 'letters, digits, "_", ".", ":" and "-" only'),
@@ -90,9 +134,13 @@ const route = z.strictObject({
   require: z
     .strictObject({
       roles: roleRequirement.optional(),
+      /** Allowed peer workload SPIFFE IDs (exact, `.../prefix/*`, or `spiffe://td/*`). */
+      peers: z.array(z.string().min(1)).min(1).optional(),
     })
     .prefault({}),
   headers: headerTemplates.optional(),
+  /** RFC 8693: swap the caller's token for one with this audience and inject it upstream. */
+  exchange: routeExchange.optional(),
 });
 
 const developmentIssuer = z
@@ -113,6 +161,17 @@ export const configSchema = z.strictObject({
       admin: address.default('127.0.0.1:9901'),
       /** Prefix Envoy's http_service adds (`path_prefix`); stripped before matching. */
       httpPathPrefix: z.string().default(''),
+      /** mTLS on the gRPC and HTTP ext_authz listeners (Envoy → portcullis). */
+      tls: z
+        .strictObject({
+          certFile: z.string().min(1),
+          keyFile: z.string().min(1),
+          caFile: z.string().min(1),
+          /** SPIFFE ID patterns of the clients (Envoys) allowed to ask; omitted = any certificate the CA signed. */
+          allowedClients: z.array(z.string().min(1)).min(1).optional(),
+          reloadSeconds: z.number().positive().default(5),
+        })
+        .optional(),
     })
     .prefault({}),
   log: z

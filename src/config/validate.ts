@@ -1,6 +1,7 @@
 import type { ConfigIssue } from '../core/errors.js';
 import { compilePolicy, type Policy } from '../pipeline/policy.js';
 import type { StageFactory } from '../pipeline/stage.js';
+import { compileSpiffePatterns } from '../stages/peer.js';
 import type { Config } from './schema.js';
 
 export function isLoopbackAddress(address: string): boolean {
@@ -37,6 +38,10 @@ export function checkConfig(
     if (names.has(dev.name)) issues.push({ path: 'development.issuer.name', message: `"${dev.name}" is also a configured issuer` });
     names.add(dev.name);
   }
+  config.listen.tls?.allowedClients?.forEach((p, i) => {
+    const c = compileSpiffePatterns([p]);
+    if (!c.ok) issues.push({ path: `listen.tls.allowedClients[${i}]`, message: c.issues[0]?.message ?? 'invalid SPIFFE ID pattern' });
+  });
   const compiled = compilePolicy(config, names, factories);
   if (!compiled.ok) issues.push(...compiled.issues);
   if (issues.length > 0 || !compiled.ok) return { ok: false, issues };

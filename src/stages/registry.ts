@@ -3,6 +3,7 @@ import type { Config } from '../config/schema.js';
 import type { Clock, FetchFn, Scheduler } from '../core/types.js';
 import type { Logger } from '../observability/logger.js';
 import type { StageFactory } from '../pipeline/stage.js';
+import { createPeerStageFactory } from './peer.js';
 
 /**
  * The optional stages, in the order they run within their phase. Each module
@@ -39,5 +40,5 @@ export interface StageModule {
 
 export function createStageModules(services?: StageServices): StageModule[] {
   void services;
-  return [];
+  return [{ factory: createPeerStageFactory() }];
 }

@@ -1,4 +1,5 @@
-import { Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import { experimental, Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import { uriSans } from '../tls/cert-watcher.js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { denial } from '../../core/errors.js';
 import type { CheckInput, Decision } from '../../core/types.js';
@@ -22,7 +23,8 @@ export const AUTH_SERVICE_NAME = 'envoy.service.auth.v3.Authorization';
 export function createGrpcServer(deps: {
   handle: DecisionHandler;
   onMalformed: () => Decision;
-  credentials?: () => ServerCredentials;
+  /** mTLS: certificates from a provider that follows file rotation; clients checked by their URI SANs. */
+  tls?: { provider: experimental.CertificateProvider; clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision };
 }): GrpcServer {
   const server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   const health = new HealthImplementation({ '': 'NOT_SERVING', [AUTH_SERVICE_NAME]: 'NOT_SERVING' });
@@ -32,6 +34,13 @@ export function createGrpcServer(deps: {
 
   server.addService(loadAuthorizationService(), {
     Check(call: ServerUnaryCall<CheckRequest__Output, CheckResponse>, cb: sendUnaryData<CheckResponse>) {
+      if (deps.tls) {
+        const cert = call.getAuthContext().sslPeerCertificate;
+        if (!deps.tls.clientAllowed(uriSans(cert?.subjectaltname))) {
+          respond(cb, deps.tls.onClientRefused());
+          return;
+        }
+      }
       let input: CheckInput | undefined;
       try {
         input = toCheckInput(call.request);
@@ -55,7 +64,10 @@ export function createGrpcServer(deps: {
   return {
     listen(address) {
       return new Promise((resolve, reject) => {
-        server.bindAsync(address, deps.credentials?.() ?? ServerCredentials.createInsecure(), (err, port) => {
+        const creds = deps.tls
+          ? experimental.createCertificateProviderServerCredentials(deps.tls.provider, deps.tls.provider, true)
+          : ServerCredentials.createInsecure();
+        server.bindAsync(address, creds, (err, port) => {
           if (err) reject(err);
           else resolve(`${address.slice(0, address.lastIndexOf(':'))}:${port}`);
         });

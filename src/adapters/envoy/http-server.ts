@@ -1,5 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { uriSans, type CertWatcher } from '../tls/cert-watcher.js';
 import type { CheckInput, Decision } from '../../core/types.js';
 import { denyBody } from './grpc-mapping.js';
 
@@ -58,19 +61,33 @@ export function createHttpAuthzServer(deps: {
   handle: (input: CheckInput) => Decision | Promise<Decision>;
   onError: () => Decision;
   pathPrefix: string;
+  tls?: { watcher: CertWatcher; clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision };
 }): HttpAuthzServer {
-  const server: Server = createServer({ requireHostHeader: false }, (req, res) => {
+  const tls = deps.tls;
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     // The request body is never needed: drain it so the connection can be reused.
     req.resume();
     let d: Decision | Promise<Decision>;
     try {
+      if (tls && !tls.clientAllowed(uriSans((req.socket as TLSSocket).getPeerCertificate().subjectaltname))) {
+        writeDecision(res, tls.onClientRefused());
+        return;
+      }
       d = deps.handle(toHttpCheckInput(req, deps.pathPrefix));
     } catch {
       d = deps.onError();
     }
     if (d instanceof Promise) d.then((r) => writeDecision(res, r), () => writeDecision(res, deps.onError()));
     else writeDecision(res, d);
-  });
+  };
+  let server: Server;
+  if (tls) {
+    const m = tls.watcher.current();
+    const https = createTlsServer({ cert: m.cert, key: m.key, ca: m.ca, requestCert: true, rejectUnauthorized: true }, onRequest);
+    // New handshakes use the rotated files; open connections keep theirs.
+    tls.watcher.onChange((next) => https.setSecureContext({ cert: next.cert, key: next.key, ca: next.ca }));
+    server = https;
+  } else server = createServer({ requireHostHeader: false }, onRequest);
   server.keepAliveTimeout = 65_000;
   return {
     listen(address) {
