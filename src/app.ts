@@ -368,6 +368,10 @@ export function createApp(opts: AppOptions = {}): App {
       return { status: 200, body: await metrics.registry.metrics(), contentType: metrics.registry.contentType };
     });
     a.route('GET', '/healthz', () => json(200, { status: 'ok' }));
+    for (const m of modules) for (const r of m.adminRoutes?.() ?? []) a.route(r.method, r.path, () => {
+      const out = r.handler();
+      return json(out.status, out.body);
+    });
     a.route('GET', '/readyz', () => {
       const r = readiness();
       return json(r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not_ready', stopping, issuers: r.issuers, stages: r.stages });

@@ -23,6 +23,7 @@ options (each also settable by environment variable):
   --mtls-key-file FILE      PORTCULLIS_MTLS_KEY_FILE
   --mtls-ca-file FILE       PORTCULLIS_MTLS_CA_FILE    CA that signs the clients' (Envoys') certificates
   --mtls-allowed-client ID  PORTCULLIS_MTLS_ALLOWED_CLIENTS (comma-separated) repeatable: allowed client SPIFFE IDs
+  --picod-auth-mode MODE    PORTCULLIS_PICOD_AUTH_MODE mtls|jwt: how the PicoD hop is secured (hops.picod.mode)
   -h, --help
 `;
 
@@ -56,6 +57,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Cli {
         'mtls-key-file': { type: 'string' },
         'mtls-ca-file': { type: 'string' },
         'mtls-allowed-client': { type: 'string', multiple: true },
+        'picod-auth-mode': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -84,6 +86,7 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Cli {
     mtlsKeyFile: v['mtls-key-file'] ?? env.PORTCULLIS_MTLS_KEY_FILE,
     mtlsCaFile: v['mtls-ca-file'] ?? env.PORTCULLIS_MTLS_CA_FILE,
     mtlsAllowedClients: v['mtls-allowed-client'] ?? list(env.PORTCULLIS_MTLS_ALLOWED_CLIENTS),
+    picodAuthMode: v['picod-auth-mode'] ?? env.PORTCULLIS_PICOD_AUTH_MODE,
   };
   for (const k of Object.keys(overrides) as (keyof Overrides)[]) if (overrides[k] === undefined) delete overrides[k];
   return { command, configPath, overrides };

@@ -25,6 +25,8 @@ export interface Overrides {
   mtlsKeyFile?: string;
   mtlsCaFile?: string;
   mtlsAllowedClients?: string[];
+  /** Sets hops.picod.mode (creating the hop with audience "picod" when absent). */
+  picodAuthMode?: string;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -54,6 +56,11 @@ export function applyOverrides(raw: unknown, o: Overrides): { doc: unknown; issu
     if (o.mtlsKeyFile !== undefined) tls.keyFile = o.mtlsKeyFile;
     if (o.mtlsCaFile !== undefined) tls.caFile = o.mtlsCaFile;
     if (o.mtlsAllowedClients !== undefined) tls.allowedClients = o.mtlsAllowedClients;
+  }
+  if (o.picodAuthMode !== undefined) {
+    const hops = section(doc, 'hops');
+    const picod = isRecord(hops.picod) ? hops.picod : (hops.picod = { audience: 'picod' });
+    picod.mode = o.picodAuthMode;
   }
   const realms = o.keycloakRealms ?? [];
   if (realms.length > 0 || o.keycloakUrl !== undefined) {

@@ -118,6 +118,73 @@ const routeExchange = z.strictObject({
   marginSeconds: z.number().nonnegative().default(30),
 });
 
+/** Kubernetes names: a DNS label (namespace, plural), a DNS subdomain (group), a label key (`prefix/name`). */
+const dnsLabel = z.string().max(63).regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a lower-case DNS label (a-z, 0-9, "-")');
+const dnsSubdomain = z
+  .string()
+  .max(253)
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/, 'a lower-case DNS subdomain, e.g. agentcube.io');
+const labelKey = z.string().superRefine((v, ctx) => {
+  const slash = v.lastIndexOf('/');
+  const prefix = slash >= 0 ? v.slice(0, slash) : undefined;
+  const name = v.slice(slash + 1);
+  const prefixOk = prefix === undefined || (prefix.length <= 253 && dnsSubdomain.safeParse(prefix).success);
+  if (!prefixOk || name.length > 63 || !/^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/.test(name)) {
+    ctx.addIssue({ code: 'custom', message: 'not a Kubernetes label key: [DNS-subdomain "/"] name of at most 63 letters, digits, "-", "_", "."' });
+  }
+});
+
+/** A watched collection whose objects carry an owner label (a Sandbox custom resource, or Pods). */
+const kubernetesResource = z.strictObject({
+  /** What routes call it (`require.owner.resource`). */
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'letters, digits, "_", "." and "-" only'),
+  /** API group; '' for the core group (pods). */
+  group: z.union([z.literal(''), dnsSubdomain]),
+  version: z.string().regex(/^v[0-9]+((alpha|beta)[0-9]+)?$/, 'a Kubernetes API version, e.g. v1 or v1alpha1'),
+  /** Plural resource name, e.g. sandboxes, pods. */
+  resource: dnsLabel,
+  /** Watch one namespace; omitted = every namespace (routes then name the namespace). */
+  namespace: dnsLabel.optional(),
+  ownerLabel: labelKey.default('agentcube.io/owner'),
+  /** While the watch is down, answer from the cache this long; then owner_unavailable. */
+  maxStalenessSeconds: z.number().positive().default(300),
+  fallbackGet: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      perSecond: z.number().positive().default(5),
+      timeoutMs: z.number().int().positive().default(2_000),
+    })
+    .prefault({}),
+});
+
+const kubernetesSection = z
+  .strictObject({
+    /** Omitted: in-cluster service account when KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG or ~/.kube/config. */
+    kubeconfig: z.string().min(1).optional(),
+    resources: z
+      .array(kubernetesResource)
+      .default([])
+      .superRefine((list, ctx) => {
+        const seen = new Set<string>();
+        list.forEach((r, i) => {
+          if (seen.has(r.name)) ctx.addIssue({ code: 'custom', message: `duplicate resource name "${r.name}"`, path: [i, 'name'] });
+          seen.add(r.name);
+        });
+      }),
+  })
+  .prefault({});
+
+const ownerRequirement = z.strictObject({
+  /** A `kubernetes.resources[].name`. */
+  resource: z.string().min(1),
+  /** Template for the object's name. */
+  name: z.string().min(1).default('{path.id}'),
+  /** Template for its namespace, for resources watched across namespaces. */
+  namespace: z.string().min(1).optional(),
+  /** Template for what the owner label must equal; issuer-qualified because sub is unique only within a realm. */
+  identity: z.string().min(1).default('{issuer.name}.{sub}'),
+});
+
 const route = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.:-]*$/, 'letters, digits, "_", ".", ":" and "-" only'),
   match: z
@@ -136,11 +203,21 @@ const route = z.strictObject({
       roles: roleRequirement.optional(),
       /** Allowed peer workload SPIFFE IDs (exact, `.../prefix/*`, or `spiffe://td/*`). */
       peers: z.array(z.string().min(1)).min(1).optional(),
+      /** The resource named in the path must be owned by the caller (see top-level `kubernetes`). */
+      owner: ownerRequirement.optional(),
     })
     .prefault({}),
   headers: headerTemplates.optional(),
   /** RFC 8693: swap the caller's token for one with this audience and inject it upstream. */
   exchange: routeExchange.optional(),
+  /** The next hop: in jwt mode a minted hop token is injected (see top-level `hops`, `hopTokens`). */
+  hop: z
+    .strictObject({
+      to: z.string().min(1),
+      /** The target resource carried in the token's `target` claim. */
+      target: z.string().default('{path.id}'),
+    })
+    .optional(),
 });
 
 const developmentIssuer = z
@@ -223,6 +300,33 @@ export const configSchema = z.strictObject({
   /** Role inheritance: each role lists the roles it includes. */
   roles: z.record(z.string().min(1), z.array(z.string().min(1))).default({}),
   routes: z.array(route).default([]),
+  /** Where owners of resources come from (route `require.owner`). */
+  kubernetes: kubernetesSection,
+  /** portcullis as the issuer of short-lived hop tokens (hops in jwt mode). */
+  hopTokens: z
+    .strictObject({
+      issuer: z.url(),
+      ttlSeconds: z.number().int().positive().max(3_600).default(60),
+      /** Re-mint when less than this is left. */
+      marginSeconds: z.number().int().nonnegative().default(10),
+      /** In-memory keys are replaced this often; the previous key stays published. */
+      rotationSeconds: z.number().int().positive().default(86_400),
+      /** PEM EC P-256 private keys shared by all replicas (first signs, all are published); omit to generate in memory. */
+      keyFiles: z.array(z.string().min(1)).min(1).optional(),
+    })
+    .refine((h) => h.marginSeconds < h.ttlSeconds, { message: 'marginSeconds must be less than ttlSeconds', path: ['marginSeconds'] })
+    .optional(),
+  /** Named next hops and how each is secured: mtls (Envoy's certificates) or jwt (a minted hop token). */
+  hops: z
+    .record(
+      z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/),
+      z.strictObject({
+        mode: z.enum(['mtls', 'jwt']).default('mtls'),
+        audience: z.string().min(1),
+        header: z.string().regex(/^[a-z0-9-]+$/).default('authorization'),
+      }),
+    )
+    .default({}),
 });
 
 export type ConfigInput = z.input<typeof configSchema>;

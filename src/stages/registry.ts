@@ -3,6 +3,8 @@ import type { Config } from '../config/schema.js';
 import type { Clock, FetchFn, Scheduler } from '../core/types.js';
 import type { Logger } from '../observability/logger.js';
 import type { StageFactory } from '../pipeline/stage.js';
+import { createExchangeModule } from './exchange.js';
+import { createHopTokenModule } from './hop-token.js';
 import { createPeerStageFactory } from './peer.js';
 
 /**
@@ -36,9 +38,12 @@ export interface StageModule {
   activated?(config: Config): void;
   health?(): StageHealth[];
   stop?(): Promise<void>;
+  /** Endpoints this module serves on the admin port. */
+  adminRoutes?(): { method: string; path: string; handler: () => { status: number; body: unknown } }[];
 }
 
 export function createStageModules(services?: StageServices): StageModule[] {
   void services;
-  return [{ factory: createPeerStageFactory() }];
+  // Exchange last among the `after` stages: no token is minted for a request another check refuses.
+  return [{ factory: createPeerStageFactory() }, createExchangeModule(services)];
 }
