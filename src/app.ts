@@ -5,6 +5,9 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import type { DestinationStream } from 'pino';
 import { createAdminServer, json, type AdminServer } from './admin/server.js';
+import { createDecisionRing, DEBUG_PAGE, type DecisionRing } from './admin/debug.js';
+import { explainResult, formatExplain } from './explain/format.js';
+import { ExplainInputError, parseCurlArgs, shellSplit, toCheckInput as explainInput, type ExplainRequest } from './explain/request.js';
 import { createGrpcServer, type GrpcServer } from './adapters/envoy/grpc-server.js';
 import { createHttpAuthzServer, type HttpAuthzServer } from './adapters/envoy/http-server.js';
 import { createDevIssuer, DevTokenRequestError, type DevIssuer, type DevTokenRequest } from './adapters/oidc/dev-issuer.js';
@@ -63,7 +66,7 @@ export interface App {
   reload(): Promise<{ ok: true } | { ok: false; error: PortcullisError }>;
   stop(): Promise<void>;
   /** Runs the live pipeline without recording metrics or logs (explain, tests). */
-  evaluate(input: CheckInput, trace?: DecisionTrace): Decision | Promise<Decision>;
+  evaluate(input: CheckInput, trace?: DecisionTrace, opts?: { dryRun?: boolean }): Decision | Promise<Decision>;
   readiness(): { ready: boolean; issuers: IssuerHealth[]; stages: StageHealth[] };
   config(): Config;
 }
@@ -115,6 +118,9 @@ export function createApp(opts: AppOptions = {}): App {
   let certs: CertWatcher | undefined;
   let reloadTimer: ReturnType<Scheduler['setTimeout']> | undefined;
   let stopping = false;
+  let ring: DecisionRing = createDecisionRing(initialConfig.debug.recentDecisions);
+  let cacheHits = 0;
+  let cacheMisses = 0;
 
   function readConfigText(path: string): string {
     try {
@@ -212,8 +218,14 @@ export function createApp(opts: AppOptions = {}): App {
       roles: compiled.policy.roles,
       cacheMaxEntries: config.tokenCache.maxEntries,
       observer: {
-        cacheHit: () => metrics.tokenCache.inc({ result: 'hit' }),
-        cacheMiss: () => metrics.tokenCache.inc({ result: 'miss' }),
+        cacheHit: () => {
+          cacheHits++;
+          metrics.tokenCache.inc({ result: 'hit' });
+        },
+        cacheMiss: () => {
+          cacheMisses++;
+          metrics.tokenCache.inc({ result: 'miss' });
+        },
       },
     });
     const decider = createDecider({ policy: compiled.policy, verifier });
@@ -265,6 +277,26 @@ export function createApp(opts: AppOptions = {}): App {
     const route = d.route ?? '(none)';
     metrics.decisions.inc({ route, decision: d.kind, reason });
     metrics.decisionSeconds.observe({ decision: d.kind }, seconds);
+    if (d.kind === 'allow' && d.wouldDeny) {
+      for (const w of d.wouldDeny) metrics.wouldDeny.inc({ route, requirement: w.requirement, reason: w.reason });
+    }
+    if (ring.capacity > 0) {
+      ring.push({
+        time: new Date(clock.now()).toISOString(),
+        route,
+        decision: d.kind,
+        status: d.kind === 'deny' ? d.status : 200,
+        reason: reason || undefined,
+        sub: d.principal?.qualifiedSub,
+        tenant: d.principal?.issuerName,
+        method: input.method,
+        host: input.host,
+        path: input.path,
+        peer: input.peerPrincipal,
+        wouldDeny: d.kind === 'allow' ? d.wouldDeny?.map((w) => `${w.requirement}:${w.reason}`) : undefined,
+        latencyMs: Math.round(seconds * 1e6) / 1e3,
+      });
+    }
     const rate = runtime?.config.log.decisionSampleRate ?? 1;
     if (d.kind === 'deny' || rate >= 1 || (rate > 0 && Math.random() < rate)) {
       const line = {
@@ -278,6 +310,7 @@ export function createApp(opts: AppOptions = {}): App {
         host: input.host,
         path: input.path,
         peer: input.peerPrincipal,
+        would_deny: d.kind === 'allow' && d.wouldDeny ? d.wouldDeny.map((w) => `${w.requirement}:${w.reason}`) : undefined,
         latency_ms: Math.round(seconds * 1e6) / 1e3,
       };
       if (d.kind === 'deny') decisionLog.info({ ...line, message: d.message }, 'decision');
@@ -315,6 +348,7 @@ export function createApp(opts: AppOptions = {}): App {
       await activate(next);
       lastConfigHash = hash;
       logger.level = config.log.level;
+      if (config.debug.recentDecisions !== ring.capacity) ring = createDecisionRing(config.debug.recentDecisions);
       metrics.configReloads.inc({ result: 'ok' });
       metrics.configLastReloadSuccess.set(1);
       logger.info({ routes: config.routes.length, issuers: next.runtime.issuers.map((i) => i.name) }, 'configuration reloaded');
@@ -357,6 +391,11 @@ export function createApp(opts: AppOptions = {}): App {
     }
   }
 
+  function evaluate(input: CheckInput, trace?: DecisionTrace, o?: { dryRun?: boolean }): Decision | Promise<Decision> {
+    if (!runtime) return toDeny(denial('internal_error', 'not started'), 'portcullis');
+    return runtime.decider.decide(input, trace, o);
+  }
+
   function mountAdmin(a: AdminServer): void {
     a.route('GET', '/metrics', async () => {
       const now = clock.now();
@@ -375,6 +414,67 @@ export function createApp(opts: AppOptions = {}): App {
     a.route('GET', '/readyz', () => {
       const r = readiness();
       return json(r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not_ready', stopping, issuers: r.issuers, stages: r.stages });
+    });
+    const debugOn = () => runtime?.config.debug.enabled !== false;
+    a.route('GET', '/debug', () =>
+      debugOn() ? { status: 200, body: DEBUG_PAGE, contentType: 'text/html; charset=utf-8' } : json(404, { error: 'not_found' }),
+    );
+    a.route('GET', '/debug/decisions', (req) => {
+      if (!debugOn()) return json(404, { error: 'not_found' });
+      const q = new URL(req.url ?? '/', 'http://admin').searchParams;
+      const limit = Number(q.get('limit') ?? '100');
+      return json(200, ring.list({
+        route: q.get('route') ?? undefined,
+        decision: q.get('decision') ?? undefined,
+        reason: q.get('reason') ?? undefined,
+        sub: q.get('sub') ?? undefined,
+        limit: Number.isFinite(limit) && limit > 0 ? limit : 100,
+      }));
+    });
+    a.route('GET', '/debug/status', () => {
+      if (!debugOn()) return json(404, { error: 'not_found' });
+      const r = readiness();
+      return json(200, {
+        ready: r.ready,
+        issuers: r.issuers,
+        stages: r.stages,
+        tokenCache: { size: runtime?.verifier.cacheSize() ?? 0, hits: cacheHits, misses: cacheMisses },
+        routes: runtime?.config.routes.length ?? 0,
+      });
+    });
+    a.route('POST', '/debug/explain', async (_req, body) => {
+      if (!debugOn()) return json(404, { error: 'not_found' });
+      let req: ExplainRequest;
+      let format = 'json';
+      try {
+        const parsed = JSON.parse(body.toString('utf8') || '{}') as Record<string, unknown>;
+        format = parsed.format === 'text' ? 'text' : 'json';
+        if (typeof parsed.curl === 'string') {
+          req = parseCurlArgs(shellSplit(parsed.curl));
+          if (typeof parsed.peer === 'string' && parsed.peer) req.peer = parsed.peer;
+        } else if (typeof parsed.url === 'string') {
+          const h = parsed.headers;
+          const headers: [string, string][] = Array.isArray(h)
+            ? h.filter((x): x is [string, string] => Array.isArray(x) && typeof x[0] === 'string' && typeof x[1] === 'string')
+            : typeof h === 'object' && h !== null
+              ? Object.entries(h as Record<string, unknown>).filter((e): e is [string, string] => typeof e[1] === 'string')
+              : [];
+          req = {
+            method: typeof parsed.method === 'string' ? parsed.method : 'GET',
+            url: parsed.url,
+            headers,
+            peer: typeof parsed.peer === 'string' ? parsed.peer : undefined,
+            contextExtensions: typeof parsed.contextExtensions === 'object' && parsed.contextExtensions !== null ? (parsed.contextExtensions as Record<string, string>) : undefined,
+          };
+        } else throw new ExplainInputError('give "curl" (a curl command) or "url" (with "method", "headers", "peer")');
+        const trace: DecisionTrace = {};
+        const d = await evaluate(explainInput(req), trace, { dryRun: true });
+        const result = explainResult(d, trace);
+        return json(200, format === 'text' ? { ...result, text: formatExplain(result) } : result);
+      } catch (err) {
+        if (err instanceof ExplainInputError || err instanceof SyntaxError) return json(400, { error: 'invalid_request', error_description: err.message });
+        throw err;
+      }
     });
     a.route('GET', '/dev/.well-known/openid-configuration', () =>
       devIssuer && runtime?.config.development.issuer.enabled ? json(200, devIssuer.discovery()) : json(404, { error: 'not_found' }),
@@ -490,10 +590,7 @@ export function createApp(opts: AppOptions = {}): App {
       await admin?.close();
       logger.info('stopped');
     },
-    evaluate(input, trace) {
-      if (!runtime) return toDeny(denial('internal_error', 'not started'), 'portcullis');
-      return runtime.decider.decide(input, trace);
-    },
+    evaluate,
     readiness,
     config: () => runtime?.config ?? initialConfig,
   };

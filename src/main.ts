@@ -4,11 +4,13 @@ import { createApp, DEFAULT_CONFIG_PATH } from './app.js';
 import { parseConfig, type Overrides } from './config/load.js';
 import { checkConfig } from './config/validate.js';
 import { ConfigError, PortcullisError } from './core/errors.js';
+import { runExplain } from './explain/cli.js';
 import { createStageModules } from './stages/registry.js';
 
 const USAGE = `usage:
   portcullis [serve] [--config FILE] [options]   start the server (embedded default config without --config)
   portcullis validate FILE [options]              check a config file; prints every problem with its path
+  portcullis explain [--admin URL] <curl args>    explain the decision for a request (see portcullis explain --help)
 
 options (each also settable by environment variable):
   --config FILE             PORTCULLIS_CONFIG
@@ -112,6 +114,7 @@ export function validateFile(file: string, overrides: Overrides, out: (s: string
 }
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number | undefined> {
+  if (argv[0] === 'explain') return runExplain(argv.slice(1), (s) => process.stdout.write(s));
   let cli: Cli;
   try {
     cli = parseCli(argv, env);

@@ -203,11 +203,15 @@ const route = z.strictObject({
       roles: roleRequirement.optional(),
       /** Allowed peer workload SPIFFE IDs (exact, `.../prefix/*`, or `spiffe://td/*`). */
       peers: z.array(z.string().min(1)).min(1).optional(),
+      /** Requirements evaluated in shadow mode: recorded and counted as would_deny, not enforced. */
+      shadow: z.array(z.string().min(1)).min(1).optional(),
       /** The resource named in the path must be owned by the caller (see top-level `kubernetes`). */
       owner: ownerRequirement.optional(),
     })
     .prefault({}),
   headers: headerTemplates.optional(),
+  /** The whole route in shadow mode: every denial is recorded and counted as would_deny; the request is allowed. */
+  shadow: z.boolean().default(false),
   /** RFC 8693: swap the caller's token for one with this audience and inject it upstream. */
   exchange: routeExchange.optional(),
   /** The next hop: in jwt mode a minted hop token is injected (see top-level `hops`, `hopTokens`). */
@@ -284,6 +288,14 @@ export const configSchema = z.strictObject({
       routeContextKey: z.string().min(1).default('route'),
       /** realm in WWW-Authenticate. */
       authRealm: z.string().default('portcullis'),
+    })
+    .prefault({}),
+  /** The debug page and explain endpoint on the admin port. */
+  debug: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /** Decisions kept for the debug page (redacted summaries). */
+      recentDecisions: z.number().int().nonnegative().max(100_000).default(500),
     })
     .prefault({}),
   tokenCache: z

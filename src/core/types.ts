@@ -52,6 +52,17 @@ export interface Principal {
   expiresAt: number;
   /** Which credential source it came from, e.g. `header:authorization`. */
   source: string;
+  /** Key id and algorithm of the verified signature (for traces). */
+  kid?: string;
+  alg?: string;
+}
+
+/** A requirement in shadow mode that would have denied the request. */
+export interface WouldDeny {
+  requirement: string;
+  reason: ReasonCode;
+  status: number;
+  message: string;
 }
 
 export interface HeaderToSet {
@@ -66,6 +77,8 @@ export interface Allow {
   headersToSet: HeaderToSet[];
   headersToRemove: string[];
   metadata: Record<string, string | string[]>;
+  /** Shadow-mode requirements that would have denied this request. */
+  wouldDeny?: WouldDeny[];
 }
 
 export interface Deny {

@@ -11,6 +11,7 @@ export interface Metrics {
   jwksAgeSeconds: Gauge<'issuer'>;
   jwksReady: Gauge<'issuer'>;
   configReloads: Counter<'result'>;
+  wouldDeny: Counter<'route' | 'requirement' | 'reason'>;
   configLastReloadSuccess: Gauge;
 }
 
@@ -61,6 +62,12 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics 
       name: 'portcullis_jwks_ready',
       help: '1 when the issuer has usable keys, 0 otherwise',
       labelNames: ['issuer'],
+      registers,
+    }),
+    wouldDeny: new Counter({
+      name: 'portcullis_shadow_would_deny_total',
+      help: 'Requests a shadow-mode requirement would have denied, by route, requirement and reason (they were allowed)',
+      labelNames: ['route', 'requirement', 'reason'],
       registers,
     }),
     configReloads: new Counter({

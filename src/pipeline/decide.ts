@@ -1,5 +1,5 @@
 import { denial, isDenial, type Denial } from '../core/errors.js';
-import type { CheckInput, Decision, Deny, HeaderToSet, Principal } from '../core/types.js';
+import type { CheckInput, Decision, Deny, HeaderToSet, Principal, WouldDeny } from '../core/types.js';
 import { collectCandidates, type Candidate, type SourceNote } from '../stages/credentials.js';
 import { headersToRemove, principalMetadata, renderHeaders } from '../stages/response.js';
 import { checkRoles } from '../stages/roles.js';
@@ -12,29 +12,42 @@ import type { RouteStage, StageContext, StageOutput, StageResult } from './stage
  * The pipeline, top to bottom:
  *
  *   route       → table match (host, method, path) or context_extensions name
- *   allow       → `deny` routes stop here; `anonymous` routes skip to response
+ *   allow       → `deny` routes stop here
+ *   before      → optional stages on the connection (peer SPIFFE ID)
  *   credentials → ordered sources, fall-through to the next on an unusable token
  *   verify      → issuer by `iss`, key by `kid`, signature, claims (cached)
  *   roles       → anyOf / allOf over the inheritance closure
+ *   after       → optional stages for the caller (ownership, exchange, hop token)
  *   response    → headers to set, spoofed owned headers to remove, metadata
  *
+ * Anonymous routes skip credentials, verify, roles and after-stages.
  * Nothing here throws to the caller: an unexpected error is a deny
  * (`internal_error`), never an allow. The result is synchronous unless a
- * signing key had to be fetched.
+ * signing key, an owner or an exchanged token had to be fetched.
+ *
+ * Shadow mode: a requirement (or a whole route) marked shadow is evaluated and
+ * its would-be denial recorded in `wouldDeny`, but it does not change the answer.
  */
 export interface DecisionTrace {
-  route?: { name: string; by: 'context_extensions' | 'table' | 'none'; params?: Record<string, string> };
+  route?: { name: string; by: 'context_extensions' | 'table' | 'none'; params?: Record<string, string>; shadow?: boolean };
   sources?: SourceNote[];
-  tokens?: { source: string; issuer?: string; result: string }[];
-  roles?: { required?: string; found: string[] };
+  tokens?: { source: string; issuer?: string; kid?: string; alg?: string; cached?: boolean; result: string }[];
+  roles?: { required?: string; found: string[]; result: string; shadow?: boolean };
   headersSet?: string[];
   headersRemoved?: string[];
   /** What each optional stage recorded, by stage name. */
   stages?: Record<string, unknown>;
+  /** The stage that decided a deny (or would have, in shadow mode). */
+  deniedBy?: string;
+}
+
+export interface DecideOptions {
+  /** explain: no cache writes, no remote calls that count, no refetches. */
+  dryRun?: boolean;
 }
 
 export interface Decider {
-  decide(input: CheckInput, trace?: DecisionTrace): Decision | Promise<Decision>;
+  decide(input: CheckInput, trace?: DecisionTrace, opts?: DecideOptions): Decision | Promise<Decision>;
 }
 
 export interface DeciderDeps {
@@ -44,13 +57,19 @@ export interface DeciderDeps {
 
 const NO_ROUTE = '(none)';
 
+/** A header value built from text an attacker may influence (alg, kid, claims): printable ASCII only, bounded. */
+function headerSafe(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = s.replace(/[^\x20-\x7e]/g, '?').replace(/["\\]/g, "'");
+  return clean.length > 200 ? `${clean.slice(0, 200)}…`.replace(/…$/, '...') : clean;
+}
+
 function bearerChallenge(realm: string, d: Denial): HeaderToSet {
-  const esc = (s: string) => s.replace(/["\\]/g, "'");
-  if (d.reason === 'missing_credentials') return { name: 'www-authenticate', value: `Bearer realm="${esc(realm)}"` };
+  if (d.reason === 'missing_credentials') return { name: 'www-authenticate', value: `Bearer realm="${headerSafe(realm)}"` };
   const error = d.status === 400 ? 'invalid_request' : 'invalid_token';
   return {
     name: 'www-authenticate',
-    value: `Bearer realm="${esc(realm)}", error="${error}", error_description="${esc(d.message)}"`,
+    value: `Bearer realm="${headerSafe(realm)}", error="${error}", error_description="${headerSafe(d.message)}"`,
   };
 }
 
@@ -71,43 +90,77 @@ function failureRank(d: Denial): number {
   return 1;
 }
 
+/** Per-decision state: only allocated fields that are used. */
+interface Eval {
+  input: CheckInput;
+  route: CompiledRoute;
+  params: Readonly<Record<string, string>>;
+  trace: DecisionTrace | undefined;
+  dryRun: boolean;
+  wouldDeny: WouldDeny[] | undefined;
+}
+
+function shadowed(ev: Eval, requirement: string, d: Denial): void {
+  (ev.wouldDeny ??= []).push({ requirement, reason: d.reason, status: d.status, message: d.message });
+  if (ev.trace) ev.trace.deniedBy ??= `${requirement} (shadow)`;
+}
+
 /**
  * Runs stages in order, synchronously while they answer synchronously.
- * Collects their outputs; stops at the first denial.
+ * Collects their outputs; stops at the first enforced denial.
  */
-function runStages(stages: readonly RouteStage[], ctx: StageContext, i: number, acc: StageOutput[]): Denial | StageOutput[] | Promise<Denial | StageOutput[]> {
+function runStages(
+  ev: Eval,
+  stages: readonly RouteStage[],
+  ctx: StageContext,
+  i: number,
+  acc: StageOutput[],
+): Denial | StageOutput[] | Promise<Denial | StageOutput[]> {
   for (; i < stages.length; i++) {
-    const r: StageResult | Promise<StageResult> = (stages[i] as RouteStage).run(ctx);
+    const stage = stages[i] as RouteStage;
+    const r: StageResult | Promise<StageResult> = stage.run(ctx);
     if (r instanceof Promise) {
       const at = i;
       return r.then((res) => {
-        if (isDenial(res)) return res;
-        if (res) acc.push(res);
-        return runStages(stages, ctx, at + 1, acc);
+        if (isDenial(res)) {
+          if (!ev.route.shadowRequirements.has(stage.name)) {
+            if (ev.trace) ev.trace.deniedBy = stage.name;
+            return res;
+          }
+          shadowed(ev, stage.name, res);
+        } else if (res) acc.push(res);
+        return runStages(ev, stages, ctx, at + 1, acc);
       });
     }
-    if (isDenial(r)) return r;
-    if (r) acc.push(r);
+    if (isDenial(r)) {
+      if (!ev.route.shadowRequirements.has(stage.name)) {
+        if (ev.trace) ev.trace.deniedBy = stage.name;
+        return r;
+      }
+      shadowed(ev, stage.name, r);
+    } else if (r) acc.push(r);
   }
   return acc;
 }
 
-function stageContext(input: CheckInput, routeName: string, params: Readonly<Record<string, string>>, principal: Principal | undefined, trace: DecisionTrace | undefined): StageContext {
-  return { input, routeName, params, principal, trace: trace ? (trace.stages ??= {}) : undefined };
+function stageContext(ev: Eval, principal: Principal | undefined): StageContext {
+  return {
+    input: ev.input,
+    routeName: ev.route.name,
+    params: ev.params,
+    principal,
+    trace: ev.trace ? (ev.trace.stages ??= {}) : undefined,
+    dryRun: ev.dryRun,
+  };
 }
 
 export function createDecider(deps: DeciderDeps): Decider {
   const { policy, verifier } = deps;
+  const realm = policy.authRealm;
 
-  function allow(
-    input: CheckInput,
-    route: CompiledRoute,
-    params: Readonly<Record<string, string>>,
-    principal: Principal | undefined,
-    trace: DecisionTrace | undefined,
-    outputs: readonly StageOutput[] = [],
-  ): Decision {
-    let set = renderHeaders(route.headers, principal, route.name, params);
+  function allow(ev: Eval, principal: Principal | undefined, outputs: readonly StageOutput[] = []): Decision {
+    const { input, route } = ev;
+    let set = renderHeaders(route.headers, principal, route.name, ev.params);
     let extraRemove: string[] | undefined;
     let extraMeta: Record<string, string | string[]> | undefined;
     for (const o of outputs) {
@@ -124,71 +177,80 @@ export function createDecider(deps: DeciderDeps): Decider {
         if (!remove.includes(name) && !set.some((h) => h.name === name) && input.headers.has(name)) remove.push(name);
       }
     }
-    if (trace) {
-      trace.headersSet = set.map((h) => h.name);
-      trace.headersRemoved = remove;
+    if (ev.trace) {
+      ev.trace.headersSet = set.map((h) => h.name);
+      ev.trace.headersRemoved = remove;
     }
     const metadata = principalMetadata(principal, route.name);
     if (extraMeta) Object.assign(metadata, extraMeta);
     metadata.decision = 'allow';
-    return { kind: 'allow', route: route.name, principal, headersToSet: set, headersToRemove: remove, metadata };
+    if (ev.wouldDeny) metadata.would_deny = ev.wouldDeny.map((w) => w.reason);
+    return { kind: 'allow', route: route.name, principal, headersToSet: set, headersToRemove: remove, metadata, wouldDeny: ev.wouldDeny };
   }
 
-  function authorize(
-    input: CheckInput,
-    route: CompiledRoute,
-    params: Readonly<Record<string, string>>,
-    principal: Principal,
-    trace: DecisionTrace | undefined,
-    pre: StageOutput[] | undefined,
-  ): Decision | Promise<Decision> {
+  function deny(ev: Eval, d: Denial, principal?: Principal): Deny {
+    return toDeny(d, realm, ev.route.name, principal);
+  }
+
+  function authorize(ev: Eval, principal: Principal, pre: StageOutput[] | undefined): Decision | Promise<Decision> {
+    const route = ev.route;
     if (route.roles) {
-      if (trace) trace.roles = { required: `${route.roles.mode}: ${route.roles.roles.join(', ')}`, found: [...principal.effectiveRoles] };
       const d = checkRoles(principal, route.roles);
-      if (d) return toDeny(d, policy.authRealm, route.name, principal);
+      const shadow = route.shadowRequirements.has('roles');
+      if (ev.trace) {
+        ev.trace.roles = {
+          required: `${route.roles.mode}: ${route.roles.roles.join(', ')}`,
+          found: [...principal.effectiveRoles],
+          result: d ? d.reason : 'ok',
+          shadow: shadow || undefined,
+        };
+      }
+      if (d) {
+        if (!shadow) {
+          if (ev.trace) ev.trace.deniedBy = 'roles';
+          return deny(ev, d, principal);
+        }
+        shadowed(ev, 'roles', d);
+      }
     }
-    if (route.after.length === 0) return allow(input, route, params, principal, trace, pre);
-    const r = runStages(route.after, stageContext(input, route.name, params, principal, trace), 0, pre ? [...pre] : []);
-    const finish = (res: Denial | StageOutput[]): Decision =>
-      isDenial(res) ? toDeny(res, policy.authRealm, route.name, principal) : allow(input, route, params, principal, trace, res);
+    if (route.after.length === 0) return allow(ev, principal, pre);
+    const r = runStages(ev, route.after, stageContext(ev, principal), 0, pre ? [...pre] : []);
+    const finish = (res: Denial | StageOutput[]): Decision => (isDenial(res) ? deny(ev, res, principal) : allow(ev, principal, res));
     return r instanceof Promise ? r.then(finish) : finish(r);
   }
 
   /** Tries each candidate in order; the first valid token wins. */
-  function authenticate(
-    candidates: readonly Candidate[],
-    i: number,
-    route: CompiledRoute,
-    best: Denial | undefined,
-    trace: DecisionTrace | undefined,
-  ): Principal | Denial | Promise<Principal | Denial> {
+  function authenticate(ev: Eval, candidates: readonly Candidate[], i: number, best: Denial | undefined): Principal | Denial | Promise<Principal | Denial> {
     for (; i < candidates.length; i++) {
       const c = candidates[i] as Candidate;
-      const r = verifier.verify(c.token, c.source);
+      const r = verifier.verify(c.token, c.source, ev.dryRun);
       if (r instanceof Promise) {
         const at = i;
         return r.then((res) => {
-          const settled = settle(res, c, route, trace);
+          const settled = settle(ev, res, c);
           if (!isDenial(settled)) return settled;
-          return authenticate(candidates, at + 1, route, pick(best, settled), trace);
+          return authenticate(ev, candidates, at + 1, pick(best, settled));
         });
       }
-      const settled = settle(r, c, route, trace);
+      const settled = settle(ev, r, c);
       if (!isDenial(settled)) return settled;
       best = pick(best, settled);
     }
     return best ?? denial('missing_credentials', 'no credentials');
   }
 
-  function settle(r: VerifyResult, c: Candidate, route: CompiledRoute, trace: DecisionTrace | undefined): Principal | Denial {
+  function settle(ev: Eval, r: VerifyResult, c: Candidate): Principal | Denial {
     let out: Principal | Denial = r;
-    if (!isDenial(r) && route.issuers && !route.issuers.has(r.issuerName)) {
+    const issuers = ev.route.issuers;
+    if (!isDenial(r) && issuers && !issuers.has(r.issuerName)) {
       out = denial('issuer_not_allowed', `tokens of issuer "${r.issuerName}" are not accepted on this route`);
     }
-    if (trace) {
-      (trace.tokens ??= []).push({
+    if (ev.trace) {
+      (ev.trace.tokens ??= []).push({
         source: c.source,
         issuer: isDenial(r) ? undefined : r.issuerName,
+        kid: isDenial(r) ? undefined : r.kid,
+        alg: isDenial(r) ? undefined : r.alg,
         result: isDenial(out) ? out.reason : 'valid',
       });
     }
@@ -199,7 +261,44 @@ export function createDecider(deps: DeciderDeps): Decider {
     return !best || failureRank(d) < failureRank(best) ? d : best;
   }
 
-  function run(input: CheckInput, trace?: DecisionTrace): Decision | Promise<Decision> {
+  function credentials(ev: Eval, pre: StageOutput[] | undefined): Decision | Promise<Decision> {
+    const route = ev.route;
+    if (route.allow === 'anonymous') return allow(ev, undefined, pre);
+    const notes: SourceNote[] | undefined = ev.trace ? (ev.trace.sources = []) : undefined;
+    const candidates = collectCandidates(ev.input, route.sources, policy.maxTokenBytes, notes);
+    const authFailed = (d: Denial): Deny => {
+      if (ev.trace) ev.trace.deniedBy = 'credentials';
+      return deny(ev, d);
+    };
+    if (isDenial(candidates)) return authFailed(candidates);
+    if (candidates.length === 0) {
+      return authFailed(denial('missing_credentials', `no bearer token in ${route.sources.map((s) => s.label).join(', ')}`));
+    }
+    const authn = authenticate(ev, candidates, 0, undefined);
+    if (authn instanceof Promise) return authn.then((res) => (isDenial(res) ? authFailed(res) : authorize(ev, res, pre)));
+    return isDenial(authn) ? authFailed(authn) : authorize(ev, authn, pre);
+  }
+
+  function evaluate(ev: Eval): Decision | Promise<Decision> {
+    const route = ev.route;
+    if (route.allow === 'deny') {
+      if (ev.trace) ev.trace.deniedBy = 'route';
+      return deny(ev, denial('route_denied', 'this route is closed'));
+    }
+    if (route.before.length === 0) return credentials(ev, undefined);
+    const pre = runStages(ev, route.before, stageContext(ev, undefined), 0, []);
+    if (pre instanceof Promise) return pre.then((res) => (isDenial(res) ? deny(ev, res) : credentials(ev, res)));
+    return isDenial(pre) ? deny(ev, pre) : credentials(ev, pre);
+  }
+
+  /** Shadow route: whatever it would deny is recorded and the request is allowed. */
+  function shadowRoute(ev: Eval, d: Decision): Decision {
+    if (d.kind === 'allow') return d;
+    shadowed(ev, ev.trace?.deniedBy?.replace(/ \(shadow\)$/, '') ?? 'route', { denied: true, reason: d.reason, status: d.status, message: d.message });
+    return allow(ev, d.principal);
+  }
+
+  function run(input: CheckInput, trace: DecisionTrace | undefined, dryRun: boolean): Decision | Promise<Decision> {
     let route: CompiledRoute | undefined;
     let params: Readonly<Record<string, string>> = {};
     const named = input.contextExtensions.get(policy.routeContextKey);
@@ -207,11 +306,15 @@ export function createDecider(deps: DeciderDeps): Decider {
       route = policy.table.byName(named);
       if (trace) trace.route = { name: named, by: 'context_extensions' };
       if (!route) {
-        return toDeny(denial('no_route', `Envoy names route "${named}", which is not configured`), policy.authRealm);
+        if (trace) trace.deniedBy = 'route';
+        return toDeny(denial('no_route', `Envoy names route "${headerSafe(named)}", which is not configured`), realm);
       }
     } else {
       const check = splitRequestPath(input.path);
-      if (!check.ok) return toDeny(denial('malformed_request', `request path rejected: ${check.message}`), policy.authRealm);
+      if (!check.ok) {
+        if (trace) trace.deniedBy = 'route';
+        return toDeny(denial('malformed_request', `request path rejected: ${check.message}`), realm);
+      }
       const m = policy.table.match(input.host, input.method, input.path);
       if (m) {
         route = m.route;
@@ -223,53 +326,23 @@ export function createDecider(deps: DeciderDeps): Decider {
       if (policy.onNoRoute === 'allow') {
         return { kind: 'allow', route: NO_ROUTE, headersToSet: [], headersToRemove: headersToRemove(input, policy.owned, []), metadata: { route: NO_ROUTE, decision: 'allow' } };
       }
-      return toDeny(denial('no_route', 'no route matches this request'), policy.authRealm);
+      if (trace) trace.deniedBy = 'route';
+      return toDeny(denial('no_route', 'no route matches this request'), realm);
     }
-    if (route.allow === 'deny') return toDeny(denial('route_denied', 'this route is closed'), policy.authRealm, route.name);
-    if (route.before.length > 0) {
-      const r = route;
-      const p = params;
-      const pre = runStages(route.before, stageContext(input, route.name, params, undefined, trace), 0, []);
-      if (pre instanceof Promise) {
-        return pre.then((res) => (isDenial(res) ? toDeny(res, policy.authRealm, r.name) : authenticated(input, r, p, trace, res)));
-      }
-      if (isDenial(pre)) return toDeny(pre, policy.authRealm, route.name);
-      return authenticated(input, route, params, trace, pre);
-    }
-    return authenticated(input, route, params, trace, undefined);
-  }
-
-  function authenticated(
-    input: CheckInput,
-    route: CompiledRoute,
-    params: Readonly<Record<string, string>>,
-    trace: DecisionTrace | undefined,
-    preOutputs: StageOutput[] | undefined,
-  ): Decision | Promise<Decision> {
-    if (route.allow === 'anonymous') return allow(input, route, params, undefined, trace, preOutputs);
-
-    const notes: SourceNote[] | undefined = trace ? (trace.sources = []) : undefined;
-    const candidates = collectCandidates(input, route.sources, policy.maxTokenBytes, notes);
-    if (isDenial(candidates)) return toDeny(candidates, policy.authRealm, route.name);
-    if (candidates.length === 0) {
-      return toDeny(denial('missing_credentials', `no bearer token in ${route.sources.map((s) => s.label).join(', ')}`), policy.authRealm, route.name);
-    }
-    const r = route;
-    const p = params;
-    const authn = authenticate(candidates, 0, r, undefined, trace);
-    if (authn instanceof Promise) {
-      return authn.then((res) => (isDenial(res) ? toDeny(res, policy.authRealm, r.name) : authorize(input, r, p, res, trace, preOutputs)));
-    }
-    return isDenial(authn) ? toDeny(authn, policy.authRealm, r.name) : authorize(input, r, p, authn, trace, preOutputs);
+    if (trace?.route) trace.route.shadow = route.shadow || undefined;
+    const ev: Eval = { input, route, params, trace, dryRun, wouldDeny: undefined };
+    const d = evaluate(ev);
+    if (!route.shadow) return d;
+    return d instanceof Promise ? d.then((r) => shadowRoute(ev, r)) : shadowRoute(ev, d);
   }
 
   const internal = (err: unknown): Deny =>
-    toDeny(denial('internal_error', `internal error: ${err instanceof Error ? err.name : 'unknown'}`), policy.authRealm);
+    toDeny(denial('internal_error', `internal error: ${err instanceof Error ? err.name : 'unknown'}`), realm);
 
   return {
-    decide(input, trace) {
+    decide(input, trace, opts) {
       try {
-        const d = run(input, trace);
+        const d = run(input, trace, opts?.dryRun === true);
         return d instanceof Promise ? d.catch(internal) : d;
       } catch (err) {
         return internal(err);

@@ -26,6 +26,10 @@ export interface CompiledRoute {
   readonly before: readonly RouteStage[];
   /** Optional stages after roles (ownership, token exchange, hop tokens). */
   readonly after: readonly RouteStage[];
+  /** The whole route is in shadow mode: denials are recorded, the request is allowed. */
+  readonly shadow: boolean;
+  /** Requirements (`roles` or a stage name) in shadow mode. */
+  readonly shadowRequirements: ReadonlySet<string>;
 }
 
 export interface Policy {
@@ -106,6 +110,13 @@ export function compilePolicy(
         issues.push({ path: at, message: `the ${f.name} stage needs an authenticated caller; this route is allow: ${r.allow}` });
       } else (c.phase === 'before' ? before : after).push(c.stage);
     }
+    const shadowNames = new Set(r.require.shadow ?? []);
+    const known = new Set(['roles', ...before.map((s) => s.name), ...after.map((s) => s.name)]);
+    (r.require.shadow ?? []).forEach((n, j) => {
+      if (!known.has(n)) {
+        issues.push({ path: `${at}.require.shadow[${j}]`, message: `"${n}" is not a requirement of this route; it has: ${[...known].join(', ')}` });
+      }
+    });
     routes.push({
       name: r.name,
       match: r.match,
@@ -116,6 +127,8 @@ export function compilePolicy(
       headers,
       before,
       after,
+      shadow: r.shadow,
+      shadowRequirements: shadowNames,
     });
   });
 

@@ -5,6 +5,7 @@ import type { Logger } from '../observability/logger.js';
 import type { StageFactory } from '../pipeline/stage.js';
 import { createExchangeModule } from './exchange.js';
 import { createHopTokenModule } from './hop-token.js';
+import { createOwnershipModule } from './ownership.js';
 import { createPeerStageFactory } from './peer.js';
 
 /**
@@ -43,7 +44,15 @@ export interface StageModule {
 }
 
 export function createStageModules(services?: StageServices): StageModule[] {
-  void services;
-  // Exchange last among the `after` stages: no token is minted for a request another check refuses.
-  return [{ factory: createPeerStageFactory() }, createExchangeModule(services)];
+  const hop = createHopTokenModule(services);
+  // Token producers last among the `after` stages: nothing is minted or exchanged for a request another check refuses.
+  return [
+    { factory: createPeerStageFactory() },
+    createOwnershipModule(services),
+    {
+      ...hop,
+      adminRoutes: () => [{ method: 'GET', path: '/.well-known/jwks.json', handler: () => ({ status: 200, body: hop.jwks() }) }],
+    },
+    createExchangeModule(services),
+  ];
 }

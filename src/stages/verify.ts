@@ -26,7 +26,8 @@ export interface VerifyObserver {
 
 export interface Verifier {
   /** Synchronous when the token is cached or the key is known; a promise only when a key must be fetched. */
-  verify(token: string, source: string): VerifyResult | Promise<VerifyResult>;
+  /** `dryRun` (explain): no cache writes, no metrics, no key refetch. */
+  verify(token: string, source: string, dryRun?: boolean): VerifyResult | Promise<VerifyResult>;
   /** Issuer name of a token's `iss`, without verifying anything (for traces and fall-through ranking). */
   issuerNameOf(iss: string): string | undefined;
   cacheSize(): number;
@@ -99,37 +100,40 @@ export function createVerifier(deps: VerifierDeps): Verifier {
     };
   }
 
-  function finish(jws: ParsedJws, issuer: IssuerRuntime, key: ResolvedKey, token: string, source: string): VerifyResult {
+  function finish(jws: ParsedJws, issuer: IssuerRuntime, key: ResolvedKey, token: string, source: string, dryRun: boolean): VerifyResult {
     if (!verifySignature(jws, key.key)) return denial('signature_invalid', 'token signature does not verify');
     const result = checkClaims(jws, issuer, token, source);
-    if (!isDenial(result) && cache) cache.set(token, { principal: result, issuer, kid: jws.kid, alg: jws.alg });
+    if (isDenial(result)) return result;
+    result.kid = jws.kid;
+    result.alg = jws.alg;
+    if (cache && !dryRun) cache.set(token, { principal: result, issuer, kid: jws.kid, alg: jws.alg });
     return result;
   }
 
   function keyDenial(issuer: IssuerRuntime, lookup: 'unknown_kid' | 'unavailable', kid: string | undefined): Denial {
     return lookup === 'unavailable'
       ? denial('jwks_unavailable', `signing keys of issuer "${issuer.name}" are not available`)
-      : denial('unknown_kid', `no signing key ${kid === undefined ? 'without kid' : `"${kid}"`} for this algorithm at issuer "${issuer.name}"`);
+      : denial('unknown_kid', `no signing key ${kid === undefined ? 'without kid' : JSON.stringify(kid.slice(0, 64))} for this algorithm at issuer "${issuer.name}"`);
   }
 
   return {
-    verify(token, source) {
+    verify(token, source, dryRun = false) {
       if (cache) {
-        const hit = cache.get(token);
+        const hit = dryRun ? cache.peek(token) : cache.get(token);
         if (hit) {
           if (clock.now() - hit.issuer.clockSkewMs < hit.principal.expiresAt) {
             // A key that has since been withdrawn (or keys gone stale) ends the cached trust too.
             const k = hit.issuer.keys.get(hit.kid, hit.alg);
             if (typeof k === 'object') {
-              observer?.cacheHit(hit.issuer.name);
+              if (!dryRun) observer?.cacheHit(hit.issuer.name);
               return hit.principal.source === source ? hit.principal : { ...hit.principal, source };
             }
             if (k === 'unavailable') return keyDenial(hit.issuer, k, hit.kid);
           }
-          cache.delete(token);
+          if (!dryRun) cache.delete(token);
         }
       }
-      observer?.cacheMiss();
+      if (!dryRun) observer?.cacheMiss();
       const jws = parseJws(token);
       if (isDenial(jws)) return jws;
       const iss = jws.payload.iss;
@@ -137,13 +141,13 @@ export function createVerifier(deps: VerifierDeps): Verifier {
       const issuer = byIss.get(iss);
       if (!issuer) return denial('unknown_issuer', 'token issuer is not configured');
       if (!issuer.algorithms.has(jws.alg)) {
-        return denial('alg_not_allowed', `algorithm ${jws.alg} is not allowed for issuer "${issuer.name}"`);
+        return denial('alg_not_allowed', `algorithm ${JSON.stringify(jws.alg.slice(0, 20))} is not allowed for issuer "${issuer.name}"`);
       }
       const key = issuer.keys.get(jws.kid, jws.alg);
-      if (typeof key === 'object') return finish(jws, issuer, key, token, source);
-      if (key === 'unavailable') return keyDenial(issuer, key, jws.kid);
+      if (typeof key === 'object') return finish(jws, issuer, key, token, source, dryRun);
+      if (key === 'unavailable' || dryRun) return keyDenial(issuer, key, jws.kid);
       return issuer.keys.resolve(jws.kid, jws.alg).then(
-        (k) => (typeof k === 'object' ? finish(jws, issuer, k, token, source) : keyDenial(issuer, k, jws.kid)),
+        (k) => (typeof k === 'object' ? finish(jws, issuer, k, token, source, false) : keyDenial(issuer, k, jws.kid)),
         () => keyDenial(issuer, 'unavailable', jws.kid),
       );
     },

@@ -74,7 +74,10 @@ export interface OwnerCacheSettings {
   listTimeoutMs?: number;
   /** Asked of the server: end each watch after this long (default 300 s); the watch then resumes. */
   watchTimeoutSeconds?: number;
-  /** A watch silent this long is replaced (default: the smaller of watchTimeoutSeconds + 30 s and maxStalenessMs). */
+  /**
+   * A watch silent this long is replaced (default: maxStalenessMs, at least 90 s — the API server sends a
+   * bookmark about once a minute — and at most watchTimeoutSeconds + 30 s, by when the server must have ended it).
+   */
   idleTimeoutMs?: number;
   /** Retry delays after failures: doubling from min to max (defaults 500 ms, 10 s). */
   backoffMinMs?: number;
@@ -99,7 +102,7 @@ export function createOwnerCache(deps: OwnerCacheDeps, settings: OwnerCacheSetti
   const pageSize = settings.pageSize ?? 500;
   const listTimeoutMs = settings.listTimeoutMs ?? 60_000;
   const watchTimeoutSeconds = settings.watchTimeoutSeconds ?? 300;
-  const idleTimeoutMs = settings.idleTimeoutMs ?? Math.min(watchTimeoutSeconds * 1000 + 30_000, settings.maxStalenessMs);
+  const idleTimeoutMs = settings.idleTimeoutMs ?? Math.min(watchTimeoutSeconds * 1000 + 30_000, Math.max(settings.maxStalenessMs, 90_000));
   const backoffMinMs = settings.backoffMinMs ?? 500;
   const backoffMaxMs = settings.backoffMaxMs ?? 10_000;
 

@@ -1,0 +1,133 @@
+/**
+ * Recent decisions for the debug page: a fixed-size ring buffer of redacted
+ * summaries (no tokens, no headers, no query strings). Filled only by real
+ * traffic, never by explain.
+ */
+export interface RecentDecision {
+  time: string;
+  route: string;
+  decision: 'allow' | 'deny';
+  status: number;
+  reason?: string;
+  sub?: string;
+  tenant?: string;
+  method: string;
+  host: string;
+  path: string;
+  peer?: string;
+  wouldDeny?: string[];
+  latencyMs: number;
+}
+
+export interface DecisionFilter {
+  route?: string;
+  decision?: string;
+  reason?: string;
+  sub?: string;
+  limit?: number;
+}
+
+export interface DecisionRing {
+  push(d: RecentDecision): void;
+  list(f: DecisionFilter): RecentDecision[];
+  readonly capacity: number;
+}
+
+export function createDecisionRing(capacity: number): DecisionRing {
+  const buf: (RecentDecision | undefined)[] = new Array<RecentDecision | undefined>(capacity);
+  let next = 0;
+  return {
+    capacity,
+    push(d) {
+      if (capacity === 0) return;
+      buf[next] = d;
+      next = (next + 1) % capacity;
+    },
+    list(f) {
+      const out: RecentDecision[] = [];
+      const limit = f.limit ?? capacity;
+      for (let i = 0; i < capacity && out.length < limit; i++) {
+        const d = buf[(next - 1 - i + capacity * 2) % capacity];
+        if (!d) break;
+        if (f.route && d.route !== f.route) continue;
+        if (f.decision && d.decision !== f.decision) continue;
+        if (f.reason && d.reason !== f.reason) continue;
+        if (f.sub && !(d.sub ?? '').includes(f.sub)) continue;
+        out.push(d);
+      }
+      return out;
+    },
+  };
+}
+
+/** The debug page: plain HTML and a little script against the JSON endpoints next to it. */
+export const DEBUG_PAGE = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>portcullis debug</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222}
+ h1{font-size:1.3rem} h2{font-size:1.1rem;margin-top:1.5rem}
+ table{border-collapse:collapse;width:100%} th,td{border-bottom:1px solid #ddd;padding:.25rem .4rem;text-align:left;vertical-align:top}
+ tr.deny td.decision{color:#b00020;font-weight:600} tr.allow td.decision{color:#0a7d32}
+ input,select,textarea,button{font:inherit} textarea{width:100%;height:4.5rem}
+ pre{background:#f6f6f6;padding:.6rem;overflow:auto;white-space:pre-wrap}
+ .row{display:flex;gap:.5rem;flex-wrap:wrap;align-items:center}
+ button.explain{font-size:.8rem}
+</style></head>
+<body>
+<h1>portcullis</h1>
+<section id="status-section"><h2>Issuers and caches</h2><div id="status">loading…</div></section>
+<section><h2>Explain a request</h2>
+ <form id="explain-form">
+  <label for="curl">curl command (or method and URL with -H headers)</label>
+  <textarea id="curl" name="curl" placeholder="curl -X POST -H 'authorization: Bearer …' http://router.example/v1/sandboxes/s1/invoke"></textarea>
+  <div class="row"><label>peer SPIFFE ID <input id="peer" name="peer" size="50"></label><button type="submit" id="explain-button">Explain</button></div>
+ </form>
+ <pre id="explain-output" aria-live="polite"></pre>
+</section>
+<section><h2>Recent decisions</h2>
+ <form id="filter" class="row">
+  <label>route <input name="route" size="14"></label>
+  <label>decision <select name="decision"><option value="">any</option><option>allow</option><option>deny</option></select></label>
+  <label>reason <input name="reason" size="16"></label>
+  <label>subject <input name="sub" size="16"></label>
+  <button type="submit">Filter</button>
+ </form>
+ <table id="decisions"><thead><tr><th>time</th><th>decision</th><th>status</th><th>reason</th><th>route</th><th>subject</th><th>request</th><th></th></tr></thead><tbody></tbody></table>
+</section>
+<script>
+const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));
+async function loadStatus() {
+  const s = await (await fetch('debug/status')).json();
+  const rows = s.issuers.map((i) => '<tr><td>' + esc(i.name) + '</td><td>' + esc(i.state) + '</td><td>' + esc(i.keyCount) + '</td><td>' + esc(i.lastSuccessAt || '') + '</td><td>' + esc(i.lastError || '') + '</td></tr>').join('');
+  document.getElementById('status').innerHTML = '<table><thead><tr><th>issuer</th><th>keys</th><th>count</th><th>last fetch</th><th>last error</th></tr></thead><tbody>' + rows + '</tbody></table>'
+    + '<p>token cache: ' + esc(s.tokenCache.size) + ' entries; hits ' + esc(s.tokenCache.hits) + ', misses ' + esc(s.tokenCache.misses) + '</p>';
+}
+let current = [];
+async function loadDecisions() {
+  const q = new URLSearchParams(new FormData(document.getElementById('filter')));
+  for (const [k, v] of [...q]) if (!v) q.delete(k);
+  current = await (await fetch('debug/decisions?' + q)).json();
+  document.querySelector('#decisions tbody').innerHTML = current.map((d, i) => '<tr class="' + esc(d.decision) + '"><td>' + esc(d.time) + '</td><td class="decision">' + esc(d.decision)
+    + (d.wouldDeny ? ' <small>(shadow: ' + esc(d.wouldDeny.join(', ')) + ')</small>' : '') + '</td><td>' + esc(d.status) + '</td><td class="reason">' + esc(d.reason || '')
+    + '</td><td>' + esc(d.route) + '</td><td>' + esc(d.sub || '') + '</td><td>' + esc(d.method + ' ' + d.host + d.path) + '</td><td><button class="explain" data-i="' + i + '">explain</button></td></tr>').join('');
+}
+document.getElementById('filter').addEventListener('submit', (e) => { e.preventDefault(); loadDecisions(); });
+document.querySelector('#decisions').addEventListener('click', (e) => {
+  const b = e.target.closest('button.explain'); if (!b) return;
+  const d = current[Number(b.dataset.i)];
+  document.getElementById('curl').value = 'curl -X ' + d.method + ' http://' + d.host + d.path + "  # add the request's credentials with -H";
+  document.getElementById('peer').value = d.peer || '';
+  document.getElementById('curl').focus();
+});
+document.getElementById('explain-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const res = await fetch('debug/explain', { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ curl: document.getElementById('curl').value, peer: document.getElementById('peer').value || undefined, format: 'text' }) });
+  const body = await res.json();
+  document.getElementById('explain-output').textContent = body.text || body.error_description || JSON.stringify(body, null, 2);
+});
+loadStatus(); loadDecisions(); setInterval(() => { loadStatus(); loadDecisions(); }, 5000);
+</script>
+</body></html>
+`;
