@@ -116,6 +116,17 @@ export function createApp(opts: AppOptions = {}): App {
   let admin: AdminServer | undefined;
   let watcher: FSWatcher | undefined;
   let certs: CertWatcher | undefined;
+  let healthTimer: ReturnType<Scheduler['setTimeout']> | undefined;
+  let serving: boolean | undefined;
+
+  function refreshHealth(): void {
+    if (!grpc || stopping) return;
+    const ready = readiness().ready;
+    if (ready !== serving) {
+      serving = ready;
+      grpc.setServing(ready);
+    }
+  }
   let reloadTimer: ReturnType<Scheduler['setTimeout']> | undefined;
   let stopping = false;
   let ring: DecisionRing = createDecisionRing(initialConfig.debug.recentDecisions);
@@ -142,6 +153,7 @@ export function createApp(opts: AppOptions = {}): App {
         scheduler,
         onEvent: (e) => {
           if (e.type === 'fetch') {
+            queueMicrotask(refreshHealth);
             metrics.jwksFetches.inc({ issuer: issuerName, result: e.ok ? 'ok' : 'error' });
             if (!e.ok) logger.warn({ issuer: issuerName, error: e.error }, 'JWKS fetch failed; last good keys keep serving');
             else logger.info({ issuer: issuerName, keys: e.keyCount }, 'JWKS loaded');
@@ -185,8 +197,13 @@ export function createApp(opts: AppOptions = {}): App {
     const dev = config.development.issuer;
 
     const sources = new Map<string, ManagedKeySource>();
-    const issuers: IssuerRuntime[] = config.issuers.map((i) => {
-      const ks = keySourceFor(i);
+    const issuers: IssuerRuntime[] = config.issuers.map((i, idx) => {
+      let ks: ManagedKeySource;
+      try {
+        ks = keySourceFor(i);
+      } catch (err) {
+        throw new ConfigError([{ path: `issuers[${idx}]`, message: (err as Error).message }]);
+      }
       sources.set(i.name, ks);
       return {
         name: i.name,
@@ -249,6 +266,7 @@ export function createApp(opts: AppOptions = {}): App {
     const replaced = [...keySources.entries()].filter(([name, ms]) => next.sources.get(name)?.source !== ms.source);
     runtime = next.runtime;
     for (const m of modules) m.activated?.(next.runtime.config);
+    refreshHealth();
     keySources.clear();
     for (const [name, ms] of next.sources) keySources.set(name, ms);
     for (const [, ms] of replaced) ms.source.stop();
@@ -339,7 +357,10 @@ export function createApp(opts: AppOptions = {}): App {
     try {
       const text = readConfigText(configPath);
       const hash = createHash('sha256').update(text).digest('hex');
-      const config = parseConfig(text, configPath, opts.overrides);
+      const config = parseConfig(text, configPath, opts.overrides, (c) => {
+        const r = checkConfig(c, addresses?.admin ?? c.listen.admin, factories);
+        return r.ok ? [] : r.issues;
+      });
       const next = await buildRuntime(config);
       const prev = runtime?.config;
       if (prev && JSON.stringify(prev.listen) !== JSON.stringify(config.listen)) {
@@ -559,7 +580,13 @@ export function createApp(opts: AppOptions = {}): App {
         });
         addresses.http = await http.listen(config.listen.http);
       }
-      grpc.setServing(true);
+      // gRPC health follows readiness (every issuer has keys, every stage is synced): at once
+      // on every key fetch and reload, and every second for what ages (key staleness, watches).
+      const tick = () => {
+        refreshHealth();
+        healthTimer = scheduler.setTimeout(tick, 1_000);
+      };
+      tick();
       watchConfig();
       metrics.configLastReloadSuccess.set(1);
       const r = readiness();
@@ -578,6 +605,7 @@ export function createApp(opts: AppOptions = {}): App {
     async stop() {
       if (stopping) return;
       stopping = true;
+      if (healthTimer) scheduler.clearTimeout(healthTimer);
       grpc?.setServing(false);
       watcher?.close();
       certs?.stop();

@@ -97,8 +97,12 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv): Cli {
 /** `portcullis validate`: returns the process exit code. */
 export function validateFile(file: string, overrides: Overrides, out: (s: string) => void): number {
   try {
-    const config = parseConfig(readFileSync(file, 'utf8'), file, overrides);
-    const checked = checkConfig(config, config.listen.admin, createStageModules().map((m) => m.factory));
+    const factories = createStageModules().map((m) => m.factory);
+    const config = parseConfig(readFileSync(file, 'utf8'), file, overrides, (c) => {
+      const r = checkConfig(c, c.listen.admin, factories);
+      return r.ok ? [] : r.issues;
+    });
+    const checked = checkConfig(config, config.listen.admin, factories);
     if (!checked.ok) throw new ConfigError(checked.issues, file);
     out(`${file}: ok (${config.routes.length} routes, ${checked.issuerNames.size} issuers)`);
     return 0;

@@ -83,8 +83,20 @@ export function applyOverrides(raw: unknown, o: Overrides): { doc: unknown; issu
   return { doc, issues };
 }
 
-/** Parses and validates a YAML document. Throws ConfigError listing every problem by path. */
-export function parseConfig(text: string, source = 'config', overrides: Overrides = {}): Config {
+/**
+ * Parses and validates a YAML document. Throws ConfigError listing every problem by path.
+ * `check`, when given, runs the cross-reference checks (routes → issuers, route table,
+ * templates, stages) on the parsed config and its issues join the list. When the
+ * schema rejects some top-level sections, those sections are replaced by their
+ * defaults for one more pass, so problems elsewhere (e.g. a route naming an unknown
+ * issuer) are still reported in the same run.
+ */
+export function parseConfig(
+  text: string,
+  source = 'config',
+  overrides: Overrides = {},
+  check?: (config: Config) => ConfigIssue[],
+): Config {
   const yamlDoc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (yamlDoc.errors.length > 0) {
     // The first few errors locate the problem; the rest are usually its echo.
@@ -100,11 +112,26 @@ export function parseConfig(text: string, source = 'config', overrides: Override
   }
   const { doc, issues } = applyOverrides(yamlDoc.toJS(), overrides);
   const parsed = configSchema.safeParse(doc ?? {});
-  if (!parsed.success) {
-    issues.push(...parsed.error.issues.map((i) => ({ path: formatPath(i.path), message: i.message })));
+  if (parsed.success) {
+    if (check) issues.push(...check(parsed.data));
+    if (issues.length > 0) throw new ConfigError(issues, source);
+    return parsed.data;
   }
-  if (issues.length > 0 || !parsed.success) throw new ConfigError(issues, source);
-  return parsed.data;
+  const schemaIssues = parsed.error.issues.map((i) => ({ path: formatPath(i.path), message: i.message }));
+  issues.push(...schemaIssues);
+  if (check && isRecord(doc)) {
+    const broken = new Set(parsed.error.issues.map((i) => String(i.path[0] ?? '')));
+    if (!broken.has('')) {
+      const rest: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(doc)) if (!broken.has(k)) rest[k] = v;
+      const second = configSchema.safeParse(rest);
+      if (second.success) {
+        const top = (p: string) => /^[^.[]*/.exec(p)?.[0] ?? p;
+        for (const i of check(second.data)) if (!broken.has(top(i.path))) issues.push(i);
+      }
+    }
+  }
+  throw new ConfigError(issues, source);
 }
 
 export function readConfigFile(file: string, overrides: Overrides = {}): Config {

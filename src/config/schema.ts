@@ -6,10 +6,12 @@ import { z } from 'zod';
  * each key below is mentioned there).
  */
 
-const address = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+|\*):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:9191 or [::1]:9191')
-  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0..65535');
+const ADDRESS = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+|\*):(\d{1,5})$/;
+const address = z.string().superRefine((s, ctx) => {
+  const m = ADDRESS.exec(s);
+  if (!m) ctx.addIssue({ code: 'custom', message: 'expected host:port, e.g. 127.0.0.1:9191 or [::1]:9191' });
+  else if (Number(m[2]) > 65535) ctx.addIssue({ code: 'custom', message: 'port must be 0..65535' });
+});
 
 const SUPPORTED_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
 export type Algorithm = (typeof SUPPORTED_ALGS)[number];
@@ -33,7 +35,8 @@ const jwksSettings = z
   .strictObject({
     refreshSeconds: seconds.default(300),
     maxStalenessSeconds: seconds.default(86_400),
-    kidMissCooldownSeconds: z.number().nonnegative().default(30),
+    /** Must be positive: without a cooldown every token with a made-up kid would make us call the IdP. */
+    kidMissCooldownSeconds: z.number().positive().default(30),
     timeoutMs: z.number().int().positive().default(5_000),
     retryMinSeconds: seconds.default(1),
   })

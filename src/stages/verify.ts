@@ -145,7 +145,9 @@ export function createVerifier(deps: VerifierDeps): Verifier {
       }
       const key = issuer.keys.get(jws.kid, jws.alg);
       if (typeof key === 'object') return finish(jws, issuer, key, token, source, dryRun);
-      if (key === 'unavailable' || dryRun) return keyDenial(issuer, key, jws.kid);
+      // 'unavailable' still goes through resolve(): it joins a fetch already in flight (the
+      // first one after start), and answers at once otherwise.
+      if (dryRun) return keyDenial(issuer, key, jws.kid);
       return issuer.keys.resolve(jws.kid, jws.alg).then(
         (k) => (typeof k === 'object' ? finish(jws, issuer, k, token, source, false) : keyDenial(issuer, k, jws.kid)),
         () => keyDenial(issuer, 'unavailable', jws.kid),

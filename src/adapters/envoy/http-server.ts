@@ -42,7 +42,9 @@ export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string): Chec
   };
 }
 
-function writeDecision(res: ServerResponse, d: Decision): void {
+function writeDecision(res: ServerResponse, d: Decision, draining: boolean): void {
+  // While draining, every answer closes its connection so keep-alive pools let go and shutdown completes.
+  if (draining) res.setHeader('connection', 'close');
   if (d.kind === 'allow') {
     for (const h of d.headersToSet) res.setHeader(h.name, h.value);
     if (d.headersToRemove.length > 0) res.setHeader('x-envoy-auth-headers-to-remove', d.headersToRemove.join(','));
@@ -64,21 +66,22 @@ export function createHttpAuthzServer(deps: {
   tls?: { watcher: CertWatcher; clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision };
 }): HttpAuthzServer {
   const tls = deps.tls;
+  let draining = false;
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     // The request body is never needed: drain it so the connection can be reused.
     req.resume();
     let d: Decision | Promise<Decision>;
     try {
       if (tls && !tls.clientAllowed(uriSans((req.socket as TLSSocket).getPeerCertificate().subjectaltname))) {
-        writeDecision(res, tls.onClientRefused());
+        writeDecision(res, tls.onClientRefused(), draining);
         return;
       }
       d = deps.handle(toHttpCheckInput(req, deps.pathPrefix));
     } catch {
       d = deps.onError();
     }
-    if (d instanceof Promise) d.then((r) => writeDecision(res, r), () => writeDecision(res, deps.onError()));
-    else writeDecision(res, d);
+    if (d instanceof Promise) d.then((r) => writeDecision(res, r, draining), () => writeDecision(res, deps.onError(), draining));
+    else writeDecision(res, d, draining);
   };
   let server: Server;
   if (tls) {
@@ -103,6 +106,7 @@ export function createHttpAuthzServer(deps: {
       });
     },
     shutdown(graceMs) {
+      draining = true;
       return new Promise((resolve) => {
         const timer = setTimeout(() => {
           server.closeAllConnections();
