@@ -48,7 +48,7 @@ function claimGetter(path: string[]): (ctx: TemplateContext) => string {
 /** Header values must not carry CR/LF/NUL: a claim can be attacker-influenced. */
 function sanitize(v: string): string {
   // eslint-disable-next-line no-control-regex
-  return /[\r\n\0]/.test(v) ? v.replace(/[\r\n\0]/g, ' ') : v;
+  return /[\x00-\x08\x0a-\x1f\x7f]/.test(v) ? v.replace(/[\x00-\x08\x0a-\x1f\x7f]/g, ' ') : v;
 }
 
 export function compileTemplate(source: string, pathParams: ReadonlySet<string>): TemplateResult {
@@ -57,6 +57,7 @@ export function compileTemplate(source: string, pathParams: ReadonlySet<string>)
   const re = /\{([^{}]*)\}/g;
   let last = 0;
   for (let m = re.exec(source); m; m = re.exec(source)) {
+    if (/[{}]/.test(source.slice(last, m.index))) return { ok: false, message: 'unbalanced "{" or "}"' };
     if (m.index > last) parts.push(source.slice(last, m.index));
     last = m.index + m[0].length;
     const name = (m[1] ?? '').trim();

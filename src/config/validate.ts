@@ -6,7 +6,8 @@ import type { Config } from './schema.js';
 
 export function isLoopbackAddress(address: string): boolean {
   const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
-  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+  // Only literal loopback addresses: a host name such as 127.attacker.example can resolve anywhere.
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 /**

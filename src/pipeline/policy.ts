@@ -1,5 +1,5 @@
 import type { Config, RouteConfig } from '../config/schema.js';
-import { compileTemplate } from '../config/template.js';
+import { compileTemplate, type CompiledTemplate } from '../config/template.js';
 import type { ConfigIssue } from '../core/errors.js';
 import { parseCredentialSource, type CredentialSource } from '../stages/credentials.js';
 import { createOwnedHeaders, type HeaderTemplate, type OwnedHeaders } from '../stages/response.js';
@@ -63,6 +63,16 @@ export function compilePolicy(
     });
   }
 
+  // Defaults are compiled once (and reported once); they cannot use path parameters,
+  // which differ from route to route.
+  const defaults = new Map<string, CompiledTemplate>();
+  for (const [name, src] of Object.entries(config.defaults.headers)) {
+    if (src === null) continue;
+    const t = compileTemplate(src, new Set());
+    if (!t.ok) issues.push({ path: `defaults.headers.${name}`, message: /\{path\./.test(src) ? 'defaults cannot use {path.*}: routes differ in their parameters; set it on the routes' : t.message });
+    else defaults.set(name, t.template);
+  }
+
   config.routes.forEach((r, i) => {
     const at = `routes[${i}]`;
     if (r.issuers) {
@@ -79,25 +89,29 @@ export function compilePolicy(
       issues.push({ path: at, message: 'an anonymous route cannot require roles, issuers or credentials' });
     }
     const params = pathParams(r.match.path);
-    const merged: Record<string, string | null> = { ...config.defaults.headers };
-    Object.assign(merged, r.headers ?? {});
-    const headers: HeaderTemplate[] = [];
-    for (const [name, src] of Object.entries(merged)) {
-      if (src === null) continue;
+    const compiled = new Map<string, CompiledTemplate>(defaults);
+    for (const [name, src] of Object.entries(r.headers ?? {})) {
+      if (src === null) {
+        compiled.delete(name);
+        continue;
+      }
       const t = compileTemplate(src, params);
       if (!t.ok) {
-        const where = r.headers && name in r.headers ? `${at}.headers.${name}` : `defaults.headers.${name}`;
-        issues.push({ path: where, message: t.message });
+        issues.push({ path: `${at}.headers.${name}`, message: t.message });
+        compiled.delete(name);
         continue;
       }
       if (r.allow === 'anonymous' && t.template.needsPrincipal) {
-        // Defaults that describe the caller simply do not apply to anonymous routes.
-        if (r.headers && name in r.headers) {
-          issues.push({ path: `${at}.headers.${name}`, message: 'an anonymous route has no caller to take this value from' });
-        }
+        issues.push({ path: `${at}.headers.${name}`, message: 'an anonymous route has no caller to take this value from' });
         continue;
       }
-      headers.push({ name, template: t.template });
+      compiled.set(name, t.template);
+    }
+    const headers: HeaderTemplate[] = [];
+    for (const [name, template] of compiled) {
+      // Defaults that describe the caller simply do not apply to anonymous routes.
+      if (r.allow === 'anonymous' && template.needsPrincipal) continue;
+      headers.push({ name, template });
     }
     const req = r.require.roles;
     const before: RouteStage[] = [];

@@ -4,7 +4,7 @@ import { LRUCache } from 'lru-cache';
 import { Counter, type Registry } from 'prom-client';
 import type { Config, RouteConfig } from '../config/schema.js';
 import { compileTemplate, type CompiledTemplate } from '../config/template.js';
-import { PortcullisError, type ConfigIssue } from '../core/errors.js';
+import { denial, PortcullisError, type ConfigIssue } from '../core/errors.js';
 import type { Clock, Scheduler, TimerHandle } from '../core/types.js';
 import type { Logger } from '../observability/logger.js';
 import type { RouteStage, StageFactory, StageResult } from '../pipeline/stage.js';
@@ -27,6 +27,8 @@ interface SigningKey {
   privateKey: KeyObject;
   publicJwk: Record<string, unknown>;
   createdAt: number;
+  /** When it stopped signing; it stays published until every token it signed has expired. */
+  retiredAt?: number;
 }
 
 interface HopSettings {
@@ -79,10 +81,13 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
     : undefined;
 
   function rotate(): void {
-    if (!services || !settings) return;
+    if (!services || !settings || settings.keyFiles) return;
+    const now = services.clock.now();
     const next = generateKey(services.clock);
-    // Keep the previous key published: tokens it signed live at most ttlSeconds.
-    keys = [next, ...keys.slice(0, 1)];
+    // Retired keys stay published until the last token they signed has expired (ttl + a minute of skew).
+    const keepMs = (settings.ttlSeconds + 60) * 1000;
+    const retired = keys.map((k) => (k.retiredAt === undefined ? { ...k, retiredAt: now } : k)).filter((k) => now - (k.retiredAt ?? now) < keepMs);
+    keys = [next, ...retired];
     cache.clear();
     services.logger.info({ kid: next.kid }, 'hop-token signing key rotated');
     scheduleRotation();
@@ -94,15 +99,16 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
     rotationTimer = services.scheduler.setTimeout(rotate, settings.rotationSeconds * 1000);
   }
 
-  function mint(hop: string, h: HopSettings, sub: string, tenant: string, qualified: string, target: string): { header: string; value: string } {
+  function mint(hop: string, h: HopSettings, sub: string, tenant: string, qualified: string, target: string, dryRun: boolean): { header: string; value: string } {
     if (!services || !settings) throw new Error('hop tokens are not configured');
     const key = keys[0];
     if (!key) throw new Error('no hop-token signing key');
-    const cacheKey = `${hop}\u0000${qualified}\u0000${target}`;
+    // Everything that goes into the token is in the key, so a reload that changes the issuer or a hop's audience never serves an old token.
+    const cacheKey = `${settings.issuer}\u0000${hop}\u0000${h.audience}\u0000${h.header}\u0000${qualified}\u0000${target}`;
     const now = services.clock.now();
     const hit = cache.get(cacheKey);
     if (hit && hit.refreshAt > now) {
-      minted?.inc({ hop, result: 'cached' });
+      if (!dryRun) minted?.inc({ hop, result: 'cached' });
       return hit;
     }
     const iat = Math.floor(now / 1000);
@@ -123,8 +129,10 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
     const input = `${header}.${payload}`;
     const sig = sign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url');
     const out = { header: h.header, value: `Bearer ${input}.${sig}`, refreshAt: (exp - settings.marginSeconds) * 1000 };
-    cache.set(cacheKey, out);
-    minted?.inc({ hop, result: 'minted' });
+    if (!dryRun) {
+      cache.set(cacheKey, out);
+      minted?.inc({ hop, result: 'minted' });
+    }
     return out;
   }
 
@@ -156,7 +164,12 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
           const p = ctx.principal;
           if (!p) return undefined;
           const tgt = target.render({ principal: p, route: ctx.routeName, params: ctx.params });
-          const m = mint(name, h, p.sub, p.issuerName, p.qualifiedSub, tgt);
+          if (tgt.length === 0) {
+            // A hop token without a target would be good for every resource behind the hop.
+            if (ctx.trace) ctx.trace.hop = { to: name, mode: 'jwt', result: 'no_target' };
+            return denial('malformed_request', `the ${name} hop token needs a target resource, and this request names none`);
+          }
+          const m = mint(name, h, p.sub, p.issuerName, p.qualifiedSub, tgt, ctx.dryRun === true);
           if (ctx.trace) ctx.trace.hop = { to: name, mode: 'jwt', audience: h.audience, target: tgt, header: m.header };
           return { headers: [{ name: m.header, value: m.value }], metadata: { hop: name } };
         },
@@ -173,6 +186,8 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
       if (!settings) return;
       const spec = JSON.stringify(settings.keyFiles ?? null);
       if (spec === keySpec && keys.length > 0) return;
+      if (rotationTimer) services.scheduler.clearTimeout(rotationTimer);
+      rotationTimer = undefined;
       keys = settings.keyFiles ? settings.keyFiles.map((f) => keyFromFile(f, services.clock)) : [generateKey(services.clock)];
       keySpec = spec;
       cache.clear();

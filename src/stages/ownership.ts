@@ -109,13 +109,15 @@ export function createOwnershipStage(spec: OwnershipStageSpec): RouteStage {
       if (!isObjectName(name) || !isNamespaceName(namespace)) return refuse(notFound(name), t, 'none', 'not a valid object name');
       const src = spec.source();
       if (!src) return refuse(unavailable(name), t, 'none', 'no owner cache');
-      const count = ctx.dryRun ? () => undefined : (r: LookupResult) => src.count(r);
-
       const cached = src.lookup(namespace, name);
       if (cached.kind === 'hit') {
-        count('hit');
+        if (!ctx.dryRun) src.count('hit');
         return compare(cached.owner, identity, name, t, 'cache');
       }
+      // explain (dry run) counts nothing
+      const count = (r: LookupResult): void => {
+        if (!ctx.dryRun) src.count(r);
+      };
       const fromCache = (): Denial => (cached.kind === 'absent' ? notFound(name) : unavailable(name));
       const why = cached.kind === 'unavailable' ? `cache ${cached.why.replace('_', ' ')}` : undefined;
       if (!src.fallback || ctx.dryRun) {

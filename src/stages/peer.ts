@@ -32,6 +32,10 @@ export function compileSpiffePatterns(patterns: readonly string[]): { ok: true; 
   patterns.forEach((p, index) => {
     const wildcard = p.endsWith('/*');
     const base = wildcard ? p.slice(0, -2) : p;
+    if (base.includes('*')) {
+      issues.push({ index, message: `"${p}": "*" is only allowed as a final "/*" segment` });
+      return;
+    }
     const parsed = parseSpiffeId(base);
     if (!parsed || (!wildcard && parsed.path === '')) {
       issues.push({ index, message: `"${p}" is not a SPIFFE ID pattern (spiffe://trust-domain/path, .../prefix/*, or spiffe://trust-domain/*)` });

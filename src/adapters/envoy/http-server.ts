@@ -25,7 +25,8 @@ export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string): Chec
   const distinct = req.headersDistinct;
   for (const k in distinct) {
     const values = distinct[k] ?? [];
-    headers.set(k, values.join(','));
+    // Repeated Cookie lines are one cookie string (RFC 9113 8.2.3); other headers join with ','.
+    headers.set(k, values.join(k === 'cookie' ? '; ' : ','));
     counts.set(k, values.length);
   }
   let url = req.url ?? '/';
@@ -42,17 +43,42 @@ export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string): Chec
   };
 }
 
+/**
+ * Node refuses header values outside Latin-1 or with CR/LF. Claims can hold either:
+ * control characters become spaces and the UTF-8 bytes go on the wire as they are
+ * (what Envoy would send for the same value in gRPC mode).
+ */
+function wireValue(v: string): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = v.replace(/[\x00-\x08\x0a-\x1f\x7f]/g, ' ');
+  // eslint-disable-next-line no-control-regex
+  return /[^\x00-\xff]/.test(clean) ? Buffer.from(clean, 'utf8').toString('latin1') : clean;
+}
+
 function writeDecision(res: ServerResponse, d: Decision, draining: boolean): void {
+  try {
+    writeDecisionUnsafe(res, d, draining);
+  } catch {
+    // Never crash and never allow: a response we cannot write becomes a plain 500.
+    if (!res.headersSent) {
+      for (const name of res.getHeaderNames()) res.removeHeader(name);
+      res.writeHead(500, { 'content-type': 'application/json', 'x-portcullis-reason': 'internal_error' });
+      res.end(denyBody('internal_error', 'internal error'));
+    } else res.destroy();
+  }
+}
+
+function writeDecisionUnsafe(res: ServerResponse, d: Decision, draining: boolean): void {
   // While draining, every answer closes its connection so keep-alive pools let go and shutdown completes.
   if (draining) res.setHeader('connection', 'close');
   if (d.kind === 'allow') {
-    for (const h of d.headersToSet) res.setHeader(h.name, h.value);
+    for (const h of d.headersToSet) res.setHeader(h.name, wireValue(h.value));
     if (d.headersToRemove.length > 0) res.setHeader('x-envoy-auth-headers-to-remove', d.headersToRemove.join(','));
     res.writeHead(200);
     res.end();
     return;
   }
-  for (const h of d.headers) res.setHeader(h.name, h.value);
+  for (const h of d.headers) res.setHeader(h.name, wireValue(h.value));
   res.setHeader('x-portcullis-reason', d.reason);
   res.setHeader('content-type', 'application/json');
   res.writeHead(d.status);

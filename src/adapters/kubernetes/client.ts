@@ -140,8 +140,10 @@ export function createKubeClient(deps: KubeClientDeps): KubeClient {
   async function getJson(url: URL, accept: string, timeoutMs: number): Promise<{ status: number; body: unknown; text: string }> {
     let timer: TimerHandle | undefined;
     let request: http.ClientRequest | undefined;
+    let timedOut = false;
     const deadline = new Promise<never>((_, reject) => {
       timer = scheduler.setTimeout(() => {
+        timedOut = true;
         request?.destroy();
         reject(new KubeError('ERR_KUBE_TIMEOUT', `GET ${url.pathname}: no answer within ${timeoutMs} ms`));
       }, timeoutMs);
@@ -150,6 +152,7 @@ export function createKubeClient(deps: KubeClientDeps): KubeClient {
     const exchange = (async () => {
       const { req, res } = await open(url, accept);
       request = req;
+      if (timedOut) req.destroy(); // answered after the deadline: nobody waits for it
       const text = await new Promise<string>((resolve, reject) => {
         const chunks: Buffer[] = [];
         let size = 0;

@@ -79,6 +79,8 @@ export interface OwnerCacheSettings {
    * bookmark about once a minute — and at most watchTimeoutSeconds + 30 s, by when the server must have ended it).
    */
   idleTimeoutMs?: number;
+  /** A watch request without an answer (response headers) this long is abandoned (default 30 s). */
+  openTimeoutMs?: number;
   /** Retry delays after failures: doubling from min to max (defaults 500 ms, 10 s). */
   backoffMinMs?: number;
   backoffMaxMs?: number;
@@ -103,6 +105,7 @@ export function createOwnerCache(deps: OwnerCacheDeps, settings: OwnerCacheSetti
   const listTimeoutMs = settings.listTimeoutMs ?? 60_000;
   const watchTimeoutSeconds = settings.watchTimeoutSeconds ?? 300;
   const idleTimeoutMs = settings.idleTimeoutMs ?? Math.min(watchTimeoutSeconds * 1000 + 30_000, Math.max(settings.maxStalenessMs, 90_000));
+  const openTimeoutMs = settings.openTimeoutMs ?? 30_000;
   const backoffMinMs = settings.backoffMinMs ?? 500;
   const backoffMaxMs = settings.backoffMaxMs ?? 10_000;
 
@@ -200,18 +203,25 @@ export function createOwnerCache(deps: OwnerCacheDeps, settings: OwnerCacheSetti
     startWatch();
   }
 
-  function armIdle(mine: number): void {
+  /** Replaces the watch when nothing arrives in time: no answer to the request, or silence once open. */
+  function armIdle(mine: number, ms: number): void {
     if (idleTimer) scheduler.clearTimeout(idleTimer);
     idleTimer = scheduler.setTimeout(() => {
       idleTimer = undefined;
       if (mine !== epoch) return;
+      const wasOpen = connected;
       watch?.stop();
       watch = undefined;
       connected = false;
-      lastGoodAt = lastHeardAt; // the connection may have been dead all along
-      restart('idle', `no watch event for ${idleTimeoutMs} ms`);
-      startWatch();
-    }, idleTimeoutMs);
+      if (wasOpen) {
+        lastGoodAt = lastHeardAt; // the connection may have been dead all along
+        restart('idle', `no watch event for ${ms} ms`);
+        startWatch();
+      } else {
+        restart('idle', `the watch request got no answer within ${ms} ms`);
+        later(startWatch, backoff());
+      }
+    }, ms);
     idleTimer.unref?.();
   }
 
@@ -220,19 +230,20 @@ export function createOwnerCache(deps: OwnerCacheDeps, settings: OwnerCacheSetti
     const openedAt = clock.now();
     let delivered = false;
     const from = resourceVersion ?? '';
+    armIdle(mine, openTimeoutMs);
     watch = client.watch(ref, { resourceVersion: from, timeoutSeconds: watchTimeoutSeconds }, {
       onOpen() {
         if (mine !== epoch) return;
         connected = true;
         lastHeardAt = clock.now();
-        armIdle(mine);
+        armIdle(mine, idleTimeoutMs);
       },
       onEvent(e: WatchEvent) {
         if (mine !== epoch) return;
         delivered = true;
         failures = 0;
         lastHeardAt = clock.now();
-        armIdle(mine);
+        armIdle(mine, idleTimeoutMs);
         if (e.type === 'BOOKMARK') {
           resourceVersion = e.resourceVersion;
           return;
