@@ -1,3 +1,4 @@
+import type { KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { KeySource, ResolvedKey } from '../adapters/oidc/key-source.js';
 import { denial, isDenial, type Denial } from '../core/errors.js';
@@ -46,6 +47,8 @@ interface CacheEntry {
   issuer: IssuerRuntime;
   kid: string | undefined;
   alg: string;
+  /** The key that verified the signature: a cached token is trusted only while the issuer still has it. */
+  key: KeyObject;
 }
 
 function numericClaim(payload: Readonly<Record<string, unknown>>, name: string): number | undefined | Denial {
@@ -106,7 +109,7 @@ export function createVerifier(deps: VerifierDeps): Verifier {
     if (isDenial(result)) return result;
     result.kid = jws.kid;
     result.alg = jws.alg;
-    if (cache && !dryRun) cache.set(token, { principal: result, issuer, kid: jws.kid, alg: jws.alg });
+    if (cache && !dryRun) cache.set(token, { principal: result, issuer, kid: jws.kid, alg: jws.alg, key: key.key });
     return result;
   }
 
@@ -124,7 +127,9 @@ export function createVerifier(deps: VerifierDeps): Verifier {
           if (clock.now() - hit.issuer.clockSkewMs < hit.principal.expiresAt) {
             // A key that has since been withdrawn (or keys gone stale) ends the cached trust too.
             const k = hit.issuer.keys.get(hit.kid, hit.alg);
-            if (typeof k === 'object') {
+            // Same kid must still mean the same key (a refetch may build new KeyObjects for it).
+            if (typeof k === 'object' && k.key !== hit.key && k.key.equals(hit.key)) hit.key = k.key;
+            if (typeof k === 'object' && k.key === hit.key) {
               if (!dryRun) observer?.cacheHit(hit.issuer.name);
               return hit.principal.source === source ? hit.principal : { ...hit.principal, source };
             }
