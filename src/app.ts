@@ -529,77 +529,88 @@ export function createApp(opts: AppOptions = {}): App {
     });
   }
 
+  async function startInner(): Promise<Addresses> {
+    lastConfigHash = createHash('sha256').update(initialText).digest('hex');
+    const config = initialConfig;
+    admin = createAdminServer();
+    mountAdmin(admin);
+    const adminAddr = await admin.listen(config.listen.admin);
+    addresses = { grpc: '', admin: adminAddr };
+    await activate(await buildRuntime(config));
+    initialText = '';
+    const tlsCfg = config.listen.tls;
+    let tls: { clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision } | undefined;
+    if (tlsCfg) {
+      certs = createCertWatcher({
+        files: tlsCfg,
+        scheduler,
+        intervalMs: tlsCfg.reloadSeconds * 1000,
+        onError: (message) => logger.error({ error: message }, 'new TLS files are not usable; the previous certificate keeps serving'),
+        onReload: (m) => logger.info({ notAfter: m.notAfter, uris: m.uris }, 'TLS certificate reloaded'),
+      });
+      certs.start();
+      const patterns = tlsCfg.allowedClients ? compileSpiffePatterns(tlsCfg.allowedClients) : undefined;
+      const matcher = patterns?.ok ? patterns.matcher : undefined;
+      tls = {
+        clientAllowed: (uris) => !matcher || uris.some((u) => matcher.matches(u)),
+        onClientRefused: () =>
+          record(
+            toDeny(denial('peer_not_allowed', 'this ext_authz client (by its certificate) is not allowed to ask'), config.defaults.authRealm),
+            { method: '', host: '', path: '', query: '', headers: new Map(), contextExtensions: new Map() },
+            performance.now(),
+          ),
+      };
+    }
+    grpc = createGrpcServer({ handle, onMalformed: malformed, tls: certs && tls ? { ...tls, provider: certs.provider() } : undefined });
+    addresses.grpc = await grpc.listen(config.listen.grpc);
+    if (config.listen.http !== 'off') {
+      http = createHttpAuthzServer({
+        handle,
+        onError: () => toDeny(denial('internal_error', 'internal error'), config.defaults.authRealm),
+        pathPrefix: config.listen.httpPathPrefix,
+        tls: certs && tls ? { ...tls, watcher: certs } : undefined,
+      });
+      addresses.http = await http.listen(config.listen.http);
+    }
+    // gRPC health follows readiness (every issuer has keys, every stage is synced): at once
+    // on every key fetch and reload, and every second for what ages (key staleness, watches).
+    const tick = () => {
+      refreshHealth();
+      healthTimer = scheduler.setTimeout(tick, 1_000);
+    };
+    tick();
+    watchConfig();
+    metrics.configLastReloadSuccess.set(1);
+    const r = readiness();
+    logger.info(
+      {
+        addresses,
+        routes: config.routes.length,
+        issuers: r.issuers.map((i) => i.name),
+        development: config.development.issuer.enabled ? { issuer: devIssuer?.issuer, tokenEndpoint: `http://${adminAddr}/dev/token` } : undefined,
+      },
+      'portcullis ready',
+    );
+    return addresses;
+}
+
   return {
     logger,
     metrics,
     async start() {
-      lastConfigHash = createHash('sha256').update(initialText).digest('hex');
-      const config = initialConfig;
-      admin = createAdminServer();
-      mountAdmin(admin);
-      const adminAddr = await admin.listen(config.listen.admin);
-      addresses = { grpc: '', admin: adminAddr };
       try {
-        await activate(await buildRuntime(config));
+        return await startInner();
       } catch (err) {
-        await admin.close();
+        // Leave nothing behind: a failed start closes every port it opened and stops every timer.
+        stopping = true;
+        if (healthTimer) scheduler.clearTimeout(healthTimer);
+        certs?.stop();
+        await Promise.all([grpc?.shutdown(0), http?.shutdown(0)]);
+        for (const ms of keySources.values()) ms.source.stop();
+        for (const m of modules) await m.stop?.();
+        await admin?.close();
         throw err;
       }
-      initialText = '';
-      const tlsCfg = config.listen.tls;
-      let tls: { clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision } | undefined;
-      if (tlsCfg) {
-        certs = createCertWatcher({
-          files: tlsCfg,
-          scheduler,
-          intervalMs: tlsCfg.reloadSeconds * 1000,
-          onError: (message) => logger.error({ error: message }, 'new TLS files are not usable; the previous certificate keeps serving'),
-          onReload: (m) => logger.info({ notAfter: m.notAfter, uris: m.uris }, 'TLS certificate reloaded'),
-        });
-        certs.start();
-        const patterns = tlsCfg.allowedClients ? compileSpiffePatterns(tlsCfg.allowedClients) : undefined;
-        const matcher = patterns?.ok ? patterns.matcher : undefined;
-        tls = {
-          clientAllowed: (uris) => !matcher || uris.some((u) => matcher.matches(u)),
-          onClientRefused: () =>
-            record(
-              toDeny(denial('peer_not_allowed', 'this ext_authz client (by its certificate) is not allowed to ask'), config.defaults.authRealm),
-              { method: '', host: '', path: '', query: '', headers: new Map(), contextExtensions: new Map() },
-              performance.now(),
-            ),
-        };
-      }
-      grpc = createGrpcServer({ handle, onMalformed: malformed, tls: certs && tls ? { ...tls, provider: certs.provider() } : undefined });
-      addresses.grpc = await grpc.listen(config.listen.grpc);
-      if (config.listen.http !== 'off') {
-        http = createHttpAuthzServer({
-          handle,
-          onError: () => toDeny(denial('internal_error', 'internal error'), config.defaults.authRealm),
-          pathPrefix: config.listen.httpPathPrefix,
-          tls: certs && tls ? { ...tls, watcher: certs } : undefined,
-        });
-        addresses.http = await http.listen(config.listen.http);
-      }
-      // gRPC health follows readiness (every issuer has keys, every stage is synced): at once
-      // on every key fetch and reload, and every second for what ages (key staleness, watches).
-      const tick = () => {
-        refreshHealth();
-        healthTimer = scheduler.setTimeout(tick, 1_000);
-      };
-      tick();
-      watchConfig();
-      metrics.configLastReloadSuccess.set(1);
-      const r = readiness();
-      logger.info(
-        {
-          addresses,
-          routes: config.routes.length,
-          issuers: r.issuers.map((i) => i.name),
-          development: config.development.issuer.enabled ? { issuer: devIssuer?.issuer, tokenEndpoint: `http://${adminAddr}/dev/token` } : undefined,
-        },
-        'portcullis ready',
-      );
-      return addresses;
     },
     reload,
     async stop() {

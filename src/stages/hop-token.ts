@@ -4,7 +4,7 @@ import { LRUCache } from 'lru-cache';
 import { Counter, type Registry } from 'prom-client';
 import type { Config, RouteConfig } from '../config/schema.js';
 import { compileTemplate, type CompiledTemplate } from '../config/template.js';
-import { denial, PortcullisError, type ConfigIssue } from '../core/errors.js';
+import { ConfigError, denial, PortcullisError, type ConfigIssue } from '../core/errors.js';
 import type { Clock, Scheduler, TimerHandle } from '../core/types.js';
 import type { Logger } from '../observability/logger.js';
 import type { RouteStage, StageFactory, StageResult } from '../pipeline/stage.js';
@@ -75,6 +75,7 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
   let keySpec = '';
   let rotationTimer: TimerHandle | undefined;
   let settings: Config['hopTokens'] | undefined;
+  let pending: { settings: Config['hopTokens'] | undefined; keys: SigningKey[] | undefined; spec: string } | undefined;
   const cache = new LRUCache<string, { header: string; value: string; refreshAt: number }>({ max: 10_000 });
   const minted = services
     ? new Counter({ name: 'portcullis_hop_tokens_total', help: 'Hop tokens by hop and result (minted|cached)', labelNames: ['hop', 'result'], registers: [services.registry] })
@@ -180,22 +181,51 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
 
   return {
     factory,
+    // prepare() only computes: the candidate config may still be refused by another
+    // module, so nothing live changes before activated().
     async prepare(config) {
+      pending = undefined;
       if (!services) return;
-      settings = config.hopTokens;
-      if (!settings) return;
-      const spec = JSON.stringify(settings.keyFiles ?? null);
-      if (spec === keySpec && keys.length > 0) return;
-      if (rotationTimer) services.scheduler.clearTimeout(rotationTimer);
-      rotationTimer = undefined;
-      keys = settings.keyFiles ? settings.keyFiles.map((f) => keyFromFile(f, services.clock)) : [generateKey(services.clock)];
-      keySpec = spec;
-      cache.clear();
-      scheduleRotation();
+      const next = config.hopTokens;
+      const spec = JSON.stringify(next?.keyFiles ?? null);
+      let newKeys: SigningKey[] | undefined;
+      if (next && (spec !== keySpec || keys.length === 0)) {
+        try {
+          newKeys = next.keyFiles ? next.keyFiles.map((f) => keyFromFile(f, services.clock)) : [generateKey(services.clock)];
+        } catch (err) {
+          throw new ConfigError([{ path: 'hopTokens.keyFiles', message: (err as Error).message }]);
+        }
+      }
+      pending = { settings: next, keys: newKeys, spec };
+    },
+    activated() {
+      if (!services || !pending) return;
+      const p = pending;
+      pending = undefined;
+      const changed = JSON.stringify(p.settings) !== JSON.stringify(settings);
+      settings = p.settings;
+      if (p.keys) {
+        // Keys that stop signing stay published until the tokens they signed have expired.
+        const now = services.clock.now();
+        const keepMs = ((settings?.ttlSeconds ?? 0) + 60) * 1000;
+        const retired = keys
+          .map((k) => (k.retiredAt === undefined ? { ...k, retiredAt: now } : k))
+          .filter((k) => now - (k.retiredAt ?? now) < keepMs);
+        keys = [...p.keys, ...retired];
+        keySpec = p.spec;
+        if (rotationTimer) services.scheduler.clearTimeout(rotationTimer);
+        rotationTimer = undefined;
+        scheduleRotation();
+      }
+      if (changed || p.keys) cache.clear();
     },
     async stop() {
       if (rotationTimer && services) services.scheduler.clearTimeout(rotationTimer);
     },
-    jwks: () => ({ keys: keys.map((k) => k.publicJwk) }),
+    jwks: () => {
+      const now = services?.clock.now() ?? 0;
+      const keepMs = ((settings?.ttlSeconds ?? 0) + 60) * 1000;
+      return { keys: keys.filter((k) => k.retiredAt === undefined || now - k.retiredAt < keepMs).map((k) => k.publicJwk) };
+    },
   };
 }

@@ -127,16 +127,23 @@ export function createCertWatcher(deps: {
   }
 
   const provider: experimental.CertificateProvider = {
+    // grpc-js subscribes before it registers the watcher that records "credentials
+    // loaded"; an answer given synchronously here would be lost, so the current
+    // material is delivered on the next microtask.
     addCaCertificateListener(l) {
       caListeners.add(l);
-      l({ caCertificate: material.ca });
+      queueMicrotask(() => {
+        if (caListeners.has(l)) l({ caCertificate: material.ca });
+      });
     },
     removeCaCertificateListener(l) {
       caListeners.delete(l);
     },
     addIdentityCertificateListener(l) {
       idListeners.add(l);
-      l({ certificate: material.cert, privateKey: material.key });
+      queueMicrotask(() => {
+        if (idListeners.has(l)) l({ certificate: material.cert, privateKey: material.key });
+      });
     },
     removeIdentityCertificateListener(l) {
       idListeners.delete(l);
