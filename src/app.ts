@@ -568,6 +568,7 @@ export function createApp(opts: AppOptions = {}): App {
         handle,
         onError: () => toDeny(denial('internal_error', 'internal error'), config.defaults.authRealm),
         pathPrefix: config.listen.httpPathPrefix,
+        trustXfcc: config.listen.httpTrustXfcc,
         tls: certs && tls ? { ...tls, watcher: certs } : undefined,
       });
       addresses.http = await http.listen(config.listen.http);

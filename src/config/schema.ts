@@ -245,6 +245,8 @@ export const configSchema = z.strictObject({
       admin: address.default('127.0.0.1:9901'),
       /** Prefix Envoy's http_service adds (`path_prefix`); stripped before matching. */
       httpPathPrefix: z.string().default(''),
+      /** HTTP mode: take the peer SPIFFE ID from x-forwarded-client-cert (only when Envoy sanitizes it: SANITIZE_SET). */
+      httpTrustXfcc: z.boolean().default(false),
       /** mTLS on the gRPC and HTTP ext_authz listeners (Envoy → portcullis). */
       tls: z
         .strictObject({

@@ -19,7 +19,36 @@ export interface HttpAuthzServer {
   shutdown(graceMs: number): Promise<void>;
 }
 
-export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string): CheckInput {
+/**
+ * The peer's SPIFFE ID from Envoy's `x-forwarded-client-cert` (XFCC): the URI of
+ * the element the nearest Envoy added (the last one). Only trustworthy when that
+ * Envoy sanitizes the header (`forward_client_cert_details: SANITIZE_SET`), which
+ * is why reading it is opt-in (`listen.httpTrustXfcc`).
+ */
+export function xfccUri(header: string): string | undefined {
+  const elements: string[] = [];
+  let cur = '';
+  let quoted = false;
+  for (const c of header) {
+    if (c === '"') quoted = !quoted;
+    if (c === ',' && !quoted) {
+      elements.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  elements.push(cur);
+  const last = elements[elements.length - 1] ?? '';
+  for (const pair of last.split(';')) {
+    const eq = pair.indexOf('=');
+    if (eq > 0 && pair.slice(0, eq).trim().toLowerCase() === 'uri') {
+      const v = pair.slice(eq + 1).trim().replace(/^"|"$/g, '');
+      return v.length > 0 ? v : undefined;
+    }
+  }
+  return undefined;
+}
+
+export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string, trustXfcc = false): CheckInput {
   const headers = new Map<string, string>();
   const counts = new Map<string, number>();
   const distinct = req.headersDistinct;
@@ -39,6 +68,7 @@ export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string): Chec
     query: q >= 0 ? url.slice(q + 1) : '',
     headers,
     headerCounts: counts,
+    peerPrincipal: trustXfcc ? xfccUri(headers.get('x-forwarded-client-cert') ?? '') : undefined,
     contextExtensions: new Map(),
   };
 }
@@ -89,6 +119,7 @@ export function createHttpAuthzServer(deps: {
   handle: (input: CheckInput) => Decision | Promise<Decision>;
   onError: () => Decision;
   pathPrefix: string;
+  trustXfcc?: boolean;
   tls?: { watcher: CertWatcher; clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision };
 }): HttpAuthzServer {
   const tls = deps.tls;
@@ -102,7 +133,7 @@ export function createHttpAuthzServer(deps: {
         writeDecision(res, tls.onClientRefused(), draining);
         return;
       }
-      d = deps.handle(toHttpCheckInput(req, deps.pathPrefix));
+      d = deps.handle(toHttpCheckInput(req, deps.pathPrefix, deps.trustXfcc === true));
     } catch {
       d = deps.onError();
     }
