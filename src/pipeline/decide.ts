@@ -172,6 +172,11 @@ export function createDecider(deps: DeciderDeps): Decider {
       if (o.metadata) extraMeta = { ...extraMeta, ...o.metadata };
     }
     const remove = headersToRemove(input, policy.owned, set);
+    // A header the route sets is portcullis's, owned or not: when it renders nothing
+    // this time (claim absent), the client's copy must not pass in its place.
+    for (const h of route.headers) {
+      if (input.headers.has(h.name) && !remove.includes(h.name) && !set.some((x) => x.name === h.name)) remove.push(h.name);
+    }
     if (extraRemove) {
       for (const name of extraRemove) {
         if (!remove.includes(name) && !set.some((h) => h.name === name) && input.headers.has(name)) remove.push(name);

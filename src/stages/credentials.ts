@@ -70,11 +70,14 @@ export function collectCandidates(
           return denial('conflicting_credentials', `the ${src.name} header appears more than once`);
         }
         if (src.name === 'authorization') {
-          // Envoy joins repeated headers with ','; a JWT never contains one.
-          if (raw.includes(',')) return denial('conflicting_credentials', 'more than one Authorization value');
-          const m = BEARER.exec(raw.trim());
-          if (m?.[1]) values = [m[1]];
-          else if (raw.trim().length > 0) otherScheme = true;
+          const v = raw.trim();
+          if (/^bearer\s/i.test(v)) {
+            // Envoy joins repeated headers with ','; a JWT never contains one.
+            if (v.includes(',')) return denial('conflicting_credentials', 'more than one Authorization value');
+            const m = BEARER.exec(v);
+            if (m?.[1]) values = [m[1]];
+            else otherScheme = true; // not a single token: not usable here, later sources may hold one
+          } else if (v.length > 0) otherScheme = true; // Basic, Digest, AWS4-HMAC-SHA256 ... (may hold commas)
         } else {
           const v = raw.trim();
           if (v.includes(',')) return denial('conflicting_credentials', `more than one ${src.name} value`);

@@ -22,7 +22,8 @@ export function toCheckInput(req: CheckRequest__Output): CheckInput | undefined 
       const name = h.key.toLowerCase();
       const value = h.raw_value && h.raw_value.length > 0 ? h.raw_value.toString('utf8') : h.value;
       const prev = headers.get(name);
-      headers.set(name, prev === undefined ? value : `${prev},${value}`);
+      // Repeated Cookie lines are one cookie string (RFC 9113 8.2.3); other headers join with ','.
+      headers.set(name, prev === undefined ? value : `${prev}${name === 'cookie' ? '; ' : ','}${value}`);
       counts.set(name, (counts.get(name) ?? 0) + 1);
     }
   } else {
@@ -95,4 +96,419 @@ export function toCheckResponse(d: Decision): CheckResponse {
 
 export function denyBody(reason: string, message: string): string {
   return JSON.stringify({ error: reason, message });
+}
+
+// ---------------------------------------------------------------------------
+// Wire codec for the hot path (docs/design/performance.md, "gRPC codec").
+//
+// @grpc/proto-loader decodes a CheckRequest into the full object tree
+// (every field of AttributeContext, with defaults) and encodes a CheckResponse
+// through protobufjs's fromObject/encode; on a cached-token decision that was
+// several times the cost of the decision itself. These two functions do only
+// what the pipeline needs, straight on the protobuf wire format:
+//
+// - decodeCheckRequest reads the fields toCheckInput() looks at (attributes →
+//   source.principal, context_extensions, request.http → method, headers,
+//   header_map, path, host, query) into the same shape proto-loader produces
+//   with `defaults: true` (absent messages null, absent strings '', maps {}),
+//   and skips everything else by wire type. A malformed message throws, as
+//   protobufjs does (grpc-js then fails the call; Envoy fails closed).
+// - encodeCheckResponse writes the exact bytes protobufjs writes for
+//   toCheckResponse(d) (same fields, same order, same explicit defaults);
+//   bench/micro.ts checks both against protobufjs on every run.
+
+function fail(): never {
+  throw new RangeError('malformed protobuf message');
+}
+
+/** Reader state for one decode: a position in `buf`. */
+interface Cursor {
+  buf: Buffer;
+  pos: number;
+}
+
+function readVarint(c: Cursor, end: number): number {
+  const buf = c.buf;
+  let pos = c.pos;
+  let result = 0;
+  let shift = 0;
+  for (;;) {
+    if (pos >= end) fail();
+    const b = buf[pos++] as number;
+    if (shift < 28) result |= (b & 0x7f) << shift;
+    else if (shift < 53) result += (b & 0x7f) * 2 ** shift;
+    if (b < 0x80) break;
+    shift += 7;
+    if (shift > 63) fail();
+  }
+  c.pos = pos;
+  return result >>> 0 === result ? result : result < 0 ? result >>> 0 : result;
+}
+
+/** Length of a length-delimited field; returns its end. */
+function readLength(c: Cursor, end: number): number {
+  const len = readVarint(c, end);
+  const stop = c.pos + len;
+  if (stop > end) fail();
+  return stop;
+}
+
+function readString(c: Cursor, end: number): string {
+  const stop = readLength(c, end);
+  const s = c.buf.toString('utf8', c.pos, stop);
+  c.pos = stop;
+  return s;
+}
+
+function skip(c: Cursor, wireType: number, end: number): void {
+  switch (wireType) {
+    case 0:
+      readVarint(c, end);
+      return;
+    case 1:
+      c.pos += 8;
+      break;
+    case 2:
+      c.pos = readLength(c, end);
+      return;
+    case 5:
+      c.pos += 4;
+      break;
+    default:
+      fail(); // groups (3/4) are not used by these messages
+  }
+  if (c.pos > end) fail();
+}
+
+/** One map<string,string> entry into `into` (last key wins, as protobufjs does). */
+function readMapEntry(c: Cursor, end: number, into: Record<string, string>): void {
+  const stop = readLength(c, end);
+  let key = '';
+  let value = '';
+  while (c.pos < stop) {
+    const tag = readVarint(c, stop);
+    if (tag === 10) key = readString(c, stop);
+    else if (tag === 18) value = readString(c, stop);
+    else skip(c, tag & 7, stop);
+  }
+  c.pos = stop;
+  into[key] = value;
+}
+
+interface DecodedHeaderValue {
+  key: string;
+  value: string;
+  raw_value: Buffer;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function readHeaderMap(c: Cursor, end: number): { headers: DecodedHeaderValue[] } {
+  const stop = readLength(c, end);
+  const headers: DecodedHeaderValue[] = [];
+  while (c.pos < stop) {
+    const tag = readVarint(c, stop);
+    if (tag === 10) {
+      const hs = readLength(c, stop);
+      const h: DecodedHeaderValue = { key: '', value: '', raw_value: EMPTY };
+      while (c.pos < hs) {
+        const t = readVarint(c, hs);
+        if (t === 10) h.key = readString(c, hs);
+        else if (t === 18) h.value = readString(c, hs);
+        else if (t === 26) {
+          const rs = readLength(c, hs);
+          h.raw_value = c.buf.subarray(c.pos, rs);
+          c.pos = rs;
+        } else skip(c, t & 7, hs);
+      }
+      c.pos = hs;
+      headers.push(h);
+    } else skip(c, tag & 7, stop);
+  }
+  c.pos = stop;
+  return { headers };
+}
+
+function readHttp(c: Cursor, end: number): Record<string, unknown> {
+  const stop = readLength(c, end);
+  const http = { method: '', headers: {} as Record<string, string>, path: '', host: '', query: '', header_map: null as { headers: DecodedHeaderValue[] } | null };
+  while (c.pos < stop) {
+    const tag = readVarint(c, stop);
+    switch (tag) {
+      case 18:
+        http.method = readString(c, stop);
+        break;
+      case 26:
+        readMapEntry(c, stop, http.headers);
+        break;
+      case 34:
+        http.path = readString(c, stop);
+        break;
+      case 42:
+        http.host = readString(c, stop);
+        break;
+      case 58:
+        http.query = readString(c, stop);
+        break;
+      case 106:
+        http.header_map = readHeaderMap(c, stop);
+        break;
+      default:
+        skip(c, tag & 7, stop);
+    }
+  }
+  c.pos = stop;
+  return http;
+}
+
+function readRequest(c: Cursor, end: number): { http: Record<string, unknown> | null } {
+  const stop = readLength(c, end);
+  const request: { http: Record<string, unknown> | null } = { http: null };
+  while (c.pos < stop) {
+    const tag = readVarint(c, stop);
+    if (tag === 18) request.http = readHttp(c, stop);
+    else skip(c, tag & 7, stop);
+  }
+  c.pos = stop;
+  return request;
+}
+
+function readPeer(c: Cursor, end: number): { principal: string } {
+  const stop = readLength(c, end);
+  const peer = { principal: '' };
+  while (c.pos < stop) {
+    const tag = readVarint(c, stop);
+    if (tag === 34) peer.principal = readString(c, stop);
+    else skip(c, tag & 7, stop);
+  }
+  c.pos = stop;
+  return peer;
+}
+
+function readAttributes(c: Cursor, end: number): Record<string, unknown> {
+  const stop = readLength(c, end);
+  const attrs = { source: null as { principal: string } | null, request: null as { http: Record<string, unknown> | null } | null, context_extensions: {} as Record<string, string> };
+  while (c.pos < stop) {
+    const tag = readVarint(c, stop);
+    if (tag === 10) attrs.source = readPeer(c, stop);
+    else if (tag === 34) attrs.request = readRequest(c, stop);
+    else if (tag === 82) readMapEntry(c, stop, attrs.context_extensions);
+    else skip(c, tag & 7, stop);
+  }
+  c.pos = stop;
+  return attrs;
+}
+
+/**
+ * Decodes the fields of a CheckRequest that toCheckInput() reads; the rest of
+ * the message is skipped. Throws on a malformed message.
+ */
+export function decodeCheckRequest(buf: Buffer): CheckRequest__Output {
+  const c: Cursor = { buf, pos: 0 };
+  const end = buf.length;
+  let attributes: Record<string, unknown> | null = null;
+  while (c.pos < end) {
+    const tag = readVarint(c, end);
+    if (tag === 10) attributes = readAttributes(c, end);
+    else skip(c, tag & 7, end);
+  }
+  return { attributes } as unknown as CheckRequest__Output;
+}
+
+function varintSize(n: number): number {
+  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
+}
+
+/** Size of a length-delimited field with a one-byte tag and a body of `len` bytes. */
+function fieldSize(len: number): number {
+  return 1 + varintSize(len) + len;
+}
+
+/** Sizes in the order the writer needs them (first pass fills, second pass reads). */
+interface Plan {
+  sizes: number[];
+  at: number;
+}
+
+class Out {
+  buf: Buffer;
+  pos = 0;
+  constructor(size: number) {
+    this.buf = Buffer.allocUnsafe(size);
+  }
+  byte(b: number): void {
+    this.buf[this.pos++] = b;
+  }
+  varint(n: number): void {
+    while (n > 0x7f) {
+      this.buf[this.pos++] = (n & 0x7f) | 0x80;
+      n = Math.floor(n / 128);
+    }
+    this.buf[this.pos++] = n;
+  }
+  str(tag: number, s: string, len: number): void {
+    this.buf[this.pos++] = tag;
+    this.varint(len);
+    if (len === s.length) {
+      // ASCII: one byte per character
+      this.pos += this.buf.write(s, this.pos, len, 'latin1');
+    } else this.pos += this.buf.write(s, this.pos, len, 'utf8');
+  }
+}
+
+function sizeHeaders(list: readonly { name: string; value: string }[], p: Plan): number {
+  let total = 0;
+  for (const h of list) {
+    const k = Buffer.byteLength(h.name);
+    const v = Buffer.byteLength(h.value);
+    const hv = fieldSize(k) + fieldSize(v);
+    const hvo = fieldSize(hv) + 2; // + append_action (tag 24, value 2)
+    p.sizes.push(k, v, hv, hvo);
+    total += fieldSize(hvo);
+  }
+  return total;
+}
+
+function writeHeaders(o: Out, tag: number, list: readonly { name: string; value: string }[], p: Plan): void {
+  const s = p.sizes;
+  for (const h of list) {
+    const k = s[p.at++] as number;
+    const v = s[p.at++] as number;
+    const hv = s[p.at++] as number;
+    const hvo = s[p.at++] as number;
+    o.byte(tag);
+    o.varint(hvo);
+    o.byte(10);
+    o.varint(hv);
+    o.str(10, h.name, k);
+    o.str(18, h.value, v);
+    o.byte(24);
+    o.byte(2);
+  }
+}
+
+function sizeStruct(md: Record<string, string | string[]>, p: Plan): number {
+  let total = 0;
+  for (const key in md) {
+    const v = md[key] as string | string[];
+    const k = Buffer.byteLength(key);
+    let value: number;
+    if (Array.isArray(v)) {
+      let list = 0;
+      for (const item of v) {
+        const n = Buffer.byteLength(item);
+        p.sizes.push(n);
+        list += fieldSize(fieldSize(n));
+      }
+      p.sizes.push(list);
+      value = fieldSize(list);
+    } else {
+      const n = Buffer.byteLength(v);
+      p.sizes.push(n);
+      value = fieldSize(n);
+    }
+    const entry = fieldSize(k) + fieldSize(value);
+    p.sizes.push(k, value, entry);
+    total += fieldSize(entry);
+  }
+  return total;
+}
+
+function writeStruct(o: Out, md: Record<string, string | string[]>, p: Plan): void {
+  const s = p.sizes;
+  for (const key in md) {
+    const v = md[key] as string | string[];
+    // sizes were pushed value-first: item lengths (+ list), then key, value, entry
+    let list = 0;
+    const itemAt = p.at;
+    if (Array.isArray(v)) {
+      p.at += v.length;
+      list = s[p.at++] as number;
+    } else p.at++;
+    const k = s[p.at++] as number;
+    const value = s[p.at++] as number;
+    const entry = s[p.at++] as number;
+    o.byte(10);
+    o.varint(entry);
+    o.str(10, key, k);
+    o.byte(18);
+    o.varint(value);
+    if (Array.isArray(v)) {
+      o.byte(50);
+      o.varint(list);
+      for (let i = 0; i < v.length; i++) {
+        const n = s[itemAt + i] as number;
+        o.byte(10);
+        o.varint(fieldSize(n));
+        o.str(26, v[i] as string, n);
+      }
+    } else o.str(26, v, s[itemAt] as number);
+  }
+}
+
+/**
+ * The protobuf encoding of toCheckResponse(d), byte for byte what protobufjs
+ * writes for that object, without building it.
+ */
+export function encodeCheckResponse(d: Decision): Buffer {
+  const p: Plan = { sizes: [], at: 0 };
+  if (d.kind === 'allow') {
+    const headers = sizeHeaders(d.headersToSet, p);
+    let remove = 0;
+    for (const name of d.headersToRemove) {
+      const n = Buffer.byteLength(name);
+      p.sizes.push(n);
+      remove += fieldSize(n);
+    }
+    const ok = headers + remove;
+    const meta = sizeStruct(d.metadata, p);
+    // status {code: 0, message: ''} = 08 00 12 00
+    const total = fieldSize(4) + fieldSize(ok) + fieldSize(meta);
+    const o = new Out(total);
+    o.byte(10);
+    o.byte(4);
+    o.byte(8);
+    o.byte(0);
+    o.byte(18);
+    o.byte(0);
+    o.byte(26);
+    o.varint(ok);
+    writeHeaders(o, 18, d.headersToSet, p);
+    for (const name of d.headersToRemove) o.str(42, name, p.sizes[p.at++] as number);
+    o.byte(34);
+    o.varint(meta);
+    writeStruct(o, d.metadata, p);
+    if (o.pos !== total) throw new Error(`encodeCheckResponse: wrote ${o.pos} of ${total} bytes`);
+    return o.buf;
+  }
+  const code = d.status === 401 ? grpcStatus.UNAUTHENTICATED : d.status >= 500 ? grpcStatus.UNAVAILABLE : grpcStatus.PERMISSION_DENIED;
+  const reasonLen = Buffer.byteLength(d.reason);
+  const status = 2 + fieldSize(reasonLen); // code (tag 8 + one-byte varint) + message
+  const denyHeaders = [...d.headers, { name: 'x-portcullis-reason', value: d.reason }, { name: 'content-type', value: 'application/json' }];
+  const headers = sizeHeaders(denyHeaders, p);
+  const body = denyBody(d.reason, d.message);
+  const bodyLen = Buffer.byteLength(body);
+  const httpStatus = 1 + varintSize(d.status);
+  const denied = fieldSize(httpStatus) + headers + fieldSize(bodyLen);
+  const meta = sizeStruct(d.metadata, p);
+  const total = fieldSize(status) + fieldSize(denied) + fieldSize(meta);
+  const o = new Out(total);
+  o.byte(10);
+  o.varint(status);
+  o.byte(8);
+  o.varint(code);
+  o.str(18, d.reason, reasonLen);
+  o.byte(18);
+  o.varint(denied);
+  o.byte(10);
+  o.varint(httpStatus);
+  o.byte(8);
+  o.varint(d.status);
+  writeHeaders(o, 18, denyHeaders, p);
+  o.str(26, body, bodyLen);
+  o.byte(34);
+  o.varint(meta);
+  writeStruct(o, d.metadata, p);
+  if (o.pos !== total) throw new Error(`encodeCheckResponse: wrote ${o.pos} of ${total} bytes`);
+  return o.buf;
 }
