@@ -83,7 +83,7 @@ export function compileTemplate(source: string, pathParams: ReadonlySet<string>)
   if (last < source.length) parts.push(source.slice(last));
 
   if (parts.length === 1 && typeof parts[0] === 'string') {
-    const constant = parts[0];
+    const constant = sanitize(parts[0]);
     return { ok: true, template: { source, needsPrincipal, render: () => constant } };
   }
   return {

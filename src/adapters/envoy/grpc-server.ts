@@ -1,4 +1,4 @@
-import { experimental, Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import { experimental, Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall, type ServiceDefinition } from '@grpc/grpc-js';
 import { uriSans } from '../tls/cert-watcher.js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { denial } from '../../core/errors.js';
@@ -6,7 +6,7 @@ import type { CheckInput, Decision } from '../../core/types.js';
 import type { CheckRequest__Output } from '../../generated/envoy/service/auth/v3/CheckRequest.js';
 import type { CheckResponse } from '../../generated/envoy/service/auth/v3/CheckResponse.js';
 import { toDeny } from '../../pipeline/decide.js';
-import { toCheckInput, toCheckResponse } from './grpc-mapping.js';
+import { decodeCheckRequest, encodeCheckResponse, toCheckInput } from './grpc-mapping.js';
 import { loadAuthorizationService } from './protos.js';
 
 export type DecisionHandler = (input: CheckInput) => Decision | Promise<Decision>;
@@ -30,9 +30,23 @@ export function createGrpcServer(deps: {
   const health = new HealthImplementation({ '': 'NOT_SERVING', [AUTH_SERVICE_NAME]: 'NOT_SERVING' });
   health.addToServer(server);
 
-  const respond = (cb: sendUnaryData<CheckResponse>, d: Decision) => cb(null, toCheckResponse(d));
+  // The hot path skips proto-loader's object codec: the request is decoded into only the
+  // fields toCheckInput() reads, and the response is written straight from the Decision
+  // (bytes identical to protobufjs's encoding of toCheckResponse(d)); see grpc-mapping.ts.
+  const service = loadAuthorizationService();
+  const check = service.Check;
+  if (!check) throw new Error('Authorization service has no Check method');
+  const codec: ServiceDefinition = {
+    ...service,
+    Check: {
+      ...check,
+      requestDeserialize: decodeCheckRequest,
+      responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : check.responseSerialize(v)),
+    },
+  };
+  const respond = (cb: sendUnaryData<CheckResponse>, d: Decision) => cb(null, encodeCheckResponse(d) as unknown as CheckResponse);
 
-  server.addService(loadAuthorizationService(), {
+  server.addService(codec, {
     Check(call: ServerUnaryCall<CheckRequest__Output, CheckResponse>, cb: sendUnaryData<CheckResponse>) {
       if (deps.tls) {
         const cert = call.getAuthContext().sslPeerCertificate;

@@ -59,7 +59,10 @@ export function toHttpCheckInput(req: IncomingMessage, pathPrefix: string, trust
     counts.set(k, values.length);
   }
   let url = req.url ?? '/';
-  if (pathPrefix && url.startsWith(pathPrefix)) url = url.slice(pathPrefix.length) || '/';
+  if (pathPrefix && url.startsWith(pathPrefix) && /^($|[/?])/.test(url.slice(pathPrefix.length))) {
+    url = url.slice(pathPrefix.length) || '/';
+    if (url.startsWith('?')) url = `/${url}`;
+  }
   const q = url.indexOf('?');
   return {
     method: req.method ?? '',
