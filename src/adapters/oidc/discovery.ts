@@ -57,7 +57,7 @@ export function shortErrorMessage(err: unknown): string {
 }
 
 /** Settles with `p`, or rejects as soon as `signal` aborts (a fetch that ignores its signal cannot hang us). */
-function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+export function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     if (signal.aborted) {
       reject(signal.reason);

@@ -1,7 +1,7 @@
 import { randomUUID, type KeyObject } from 'node:crypto';
 import { decodeJwt, SignJWT } from 'jose';
 import type { Clock, FetchFn, Scheduler } from '../../core/types.js';
-import { defaultDiscoveryUrl, describeUrl, getJson, isHttpUrl, shortErrorMessage, type HttpDeps } from './discovery.js';
+import { defaultDiscoveryUrl, describeUrl, getJson, isHttpUrl, shortErrorMessage, untilAborted, type HttpDeps } from './discovery.js';
 
 /**
  * An OAuth 2.0 token endpoint client for RFC 8693 token exchange: finds the
@@ -216,27 +216,6 @@ function parseTokenResponse(text: string, nowMs: number): ExchangeOutcome {
   return { ok: true, token };
 }
 
-/** Settles with `p`, or rejects as soon as `signal` aborts (a fetch that ignores its signal cannot hang us). */
-function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    if (signal.aborted) {
-      reject(signal.reason);
-      return;
-    }
-    const onAbort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
-}
 
 export function createTokenEndpointClient(deps: TokenEndpointDeps, opts: TokenEndpointOptions): TokenEndpointClient {
   const { clock, scheduler } = deps;
