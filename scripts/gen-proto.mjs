@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const deps = join(root, 'node_modules/@grpc/grpc-js-xds/deps');
-const out = join(root, 'src/generated');
+// GEN_PROTO_OUT lets the freshness test generate into a temporary folder.
+const out = process.env.GEN_PROTO_OUT ?? join(root, 'src/generated');
 rmSync(out, { recursive: true, force: true });
 execFileSync(
   join(root, 'node_modules/.bin/proto-loader-gen-types'),
