@@ -110,6 +110,7 @@ export function createApp(opts: AppOptions = {}): App {
   let devIssuer: DevIssuer | undefined;
   let runtime: Runtime | undefined;
   let lastConfigHash = '';
+  let lastReloadFailed = false;
   let addresses: Addresses | undefined;
   let grpc: GrpcServer | undefined;
   let http: HttpAuthzServer | undefined;
@@ -372,12 +373,14 @@ export function createApp(opts: AppOptions = {}): App {
       if (config.debug.recentDecisions !== ring.capacity) ring = createDecisionRing(config.debug.recentDecisions);
       metrics.configReloads.inc({ result: 'ok' });
       metrics.configLastReloadSuccess.set(1);
+      lastReloadFailed = false;
       logger.info({ routes: config.routes.length, issuers: next.runtime.issuers.map((i) => i.name) }, 'configuration reloaded');
       return { ok: true };
     } catch (err) {
       const error = err instanceof PortcullisError ? err : new PortcullisError('ERR_CONFIG_INVALID', String(err));
       metrics.configReloads.inc({ result: 'invalid' });
       metrics.configLastReloadSuccess.set(0);
+      lastReloadFailed = true;
       logger.error(
         { issues: error instanceof ConfigError ? error.issues : undefined, error: error.message },
         'configuration refused; the previous configuration keeps serving',
@@ -402,7 +405,16 @@ export function createApp(opts: AppOptions = {}): App {
           } catch {
             return; // mid-replace; the next event reloads
           }
-          if (createHash('sha256').update(text).digest('hex') === lastConfigHash) return;
+          if (createHash('sha256').update(text).digest('hex') === lastConfigHash) {
+            // The file is back to what is running (e.g. a refused edit was reverted): nothing to
+            // apply, but the "last reload failed" signal must clear.
+            if (lastReloadFailed) {
+              lastReloadFailed = false;
+              metrics.configLastReloadSuccess.set(1);
+              logger.info('config file matches the running configuration again');
+            }
+            return;
+          }
           void reload();
         }, 250);
       });
