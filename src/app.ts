@@ -300,8 +300,12 @@ export function createApp(opts: AppOptions = {}): App {
       for (const w of d.wouldDeny) metrics.wouldDeny.inc({ route, requirement: w.requirement, reason: w.reason });
     }
     if (ring.capacity > 0) {
+      // The ISO time string is built when the debug page reads the entry, not per decision.
+      const at = clock.now();
       ring.push({
-        time: new Date(clock.now()).toISOString(),
+        get time() {
+          return new Date(at).toISOString();
+        },
         route,
         decision: d.kind,
         status: d.kind === 'deny' ? d.status : 200,
@@ -317,7 +321,10 @@ export function createApp(opts: AppOptions = {}): App {
       });
     }
     const rate = runtime?.config.log.decisionSampleRate ?? 1;
-    if (d.kind === 'deny' || rate >= 1 || (rate > 0 && Math.random() < rate)) {
+    // Shadow would-denies are always logged, like denies. Below info (e.g. log.level warn)
+    // pino drops the line anyway: do not build it.
+    const wouldDeny = d.kind === 'allow' && d.wouldDeny !== undefined;
+    if (decisionLog.isLevelEnabled('info') && (d.kind === 'deny' || wouldDeny || rate >= 1 || (rate > 0 && Math.random() < rate))) {
       const line = {
         route,
         decision: d.kind,

@@ -81,7 +81,7 @@ done
 curl -s 127.0.0.1:19901/metrics | grep -E '^portcullis_config_last' > "$WORK/metrics-3.txt"
 guide_expect "$WORK/metrics-3.txt" '^portcullis_config_last_reload_successful 1$' 'gauge after restoring the running file'
 # SIGHUP always reloads, whatever the file watch thinks.
-kill -HUP "$PORTCULLIS_PID""
+kill -HUP "$PORTCULLIS_PID"
 for _ in $(seq 100); do
   curl -s 127.0.0.1:19901/metrics | grep -q '^portcullis_config_last_reload_successful 1$' && break
   sleep 0.1

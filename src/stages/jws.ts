@@ -38,20 +38,27 @@ function decodeJsonSegment(seg: string): Record<string, unknown> | undefined {
  * with one of a handful of headers ({alg, typ, kid}), so an uncached token
  * usually skips decoding and parsing its header. Bounded: once full, new
  * headers are decoded every time (a flood of odd headers cannot grow it).
- * Entries are frozen: a ParsedJws header is shared and read-only.
+ * Entries are frozen: a ParsedJws header is shared and read-only. One cache per
+ * verifier instance (no module state).
  */
-const HEADER_CACHE_MAX = 256;
-const headerCache = new Map<string, Readonly<Record<string, unknown>>>();
-
-function decodeHeader(seg: string): Readonly<Record<string, unknown>> | undefined {
-  const hit = headerCache.get(seg);
-  if (hit !== undefined) return hit;
-  const header = decodeJsonSegment(seg);
-  if (header && headerCache.size < HEADER_CACHE_MAX) headerCache.set(seg, Object.freeze(header));
-  return header;
+export interface HeaderCache {
+  get(seg: string): Readonly<Record<string, unknown>> | undefined;
 }
 
-export function parseJws(token: string): ParsedJws | Denial {
+export function createHeaderCache(max = 256): HeaderCache {
+  const cache = new Map<string, Readonly<Record<string, unknown>>>();
+  return {
+    get(seg) {
+      const hit = cache.get(seg);
+      if (hit !== undefined) return hit;
+      const header = decodeJsonSegment(seg);
+      if (header && cache.size < max) cache.set(seg, Object.freeze(header));
+      return header;
+    },
+  };
+}
+
+export function parseJws(token: string, headers?: HeaderCache): ParsedJws | Denial {
   const d1 = token.indexOf('.');
   const d2 = d1 < 0 ? -1 : token.indexOf('.', d1 + 1);
   if (d1 < 0 || d2 < 0) return denial('token_malformed', 'not a JWT: expected three dot-separated parts');
@@ -61,7 +68,7 @@ export function parseJws(token: string): ParsedJws | Denial {
       ? denial('token_encrypted', 'encrypted tokens (JWE) are not accepted; send a signed JWT')
       : denial('token_malformed', `not a JWT: ${parts} dot-separated parts`);
   }
-  const header = decodeHeader(token.slice(0, d1));
+  const header = headers ? headers.get(token.slice(0, d1)) : decodeJsonSegment(token.slice(0, d1));
   if (!header) return denial('token_malformed', 'JWT header is not base64url-encoded JSON');
   const payload = decodeJsonSegment(token.slice(d1 + 1, d2));
   if (!payload) {

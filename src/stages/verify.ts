@@ -3,7 +3,7 @@ import { LRUCache } from 'lru-cache';
 import type { KeySource, ResolvedKey } from '../adapters/oidc/key-source.js';
 import { denial, isDenial, type Denial } from '../core/errors.js';
 import type { Clock, Principal } from '../core/types.js';
-import { parseJws, verifySignature, type ParsedJws } from './jws.js';
+import { createHeaderCache, parseJws, verifySignature, type ParsedJws } from './jws.js';
 import { extractRoles, type RoleResolver } from './roles.js';
 
 /** One configured issuer (a Keycloak realm = one tenant), ready for the hot path. */
@@ -62,6 +62,7 @@ export function createVerifier(deps: VerifierDeps): Verifier {
   const { clock, roles, observer } = deps;
   const byIss = new Map<string, IssuerRuntime>();
   for (const i of deps.issuers) byIss.set(i.issuer, i);
+  const headerCache = createHeaderCache();
   const cache =
     deps.cacheMaxEntries > 0 ? new LRUCache<string, CacheEntry>({ max: deps.cacheMaxEntries }) : undefined;
 
@@ -139,7 +140,7 @@ export function createVerifier(deps: VerifierDeps): Verifier {
         }
       }
       if (!dryRun) observer?.cacheMiss();
-      const jws = parseJws(token);
+      const jws = parseJws(token, headerCache);
       if (isDenial(jws)) return jws;
       const iss = jws.payload.iss;
       if (typeof iss !== 'string') return denial('unknown_issuer', 'token has no "iss" claim');
