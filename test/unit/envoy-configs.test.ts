@@ -9,6 +9,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
+import { at, isObj, list, mappings, type Obj } from '../helpers/yaml-tree.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const ENVOY_DIR = join(ROOT, 'envoy');
@@ -18,45 +19,6 @@ const DEFAULTS = { grpc: 9191, http: 9192, admin: 9901 } as const;
 const SERVICE_FQDN = 'portcullis.agentcube-system.svc.cluster.local';
 const EXT_AUTHZ_TYPE = 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz';
 const PER_ROUTE_TYPE = 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute';
-
-type Obj = Record<string, unknown>;
-
-function isObj(v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/**
- * Follows a path of keys / numeric indexes, dotted or as an array (for keys
- * that contain dots); undefined when absent.
- */
-function at(node: unknown, path: string | string[]): unknown {
-  let cur: unknown = node;
-  for (const key of Array.isArray(path) ? path : path.split('.')) {
-    if (Array.isArray(cur) && /^\d+$/.test(key)) cur = cur[Number(key)];
-    else if (isObj(cur)) cur = cur[key];
-    else return undefined;
-  }
-  return cur;
-}
-
-function list(node: unknown, path: string): unknown[] {
-  const v = at(node, path);
-  return Array.isArray(v) ? v : [];
-}
-
-/** Every mapping in the tree (depth first). */
-function mappings(node: unknown): Obj[] {
-  const out: Obj[] = [];
-  const visit = (n: unknown): void => {
-    if (Array.isArray(n)) n.forEach(visit);
-    else if (isObj(n)) {
-      out.push(n);
-      Object.values(n).forEach(visit);
-    }
-  };
-  visit(node);
-  return out;
-}
 
 function yamlFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {

@@ -11,6 +11,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
+import { at, isObj, list, mappings, type Obj } from '../helpers/yaml-tree.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const DEPLOY_DIR = join(ROOT, 'deploy', 'spire');
@@ -33,40 +34,6 @@ const CLUSTER_SCOPED = new Set([
 ]);
 /** Build files that are not Kubernetes objects. */
 const NOT_APPLIED = new Set(['Kustomization']);
-
-type Obj = Record<string, unknown>;
-
-function isObj(v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function at(node: unknown, path: string | string[]): unknown {
-  let cur: unknown = node;
-  for (const key of Array.isArray(path) ? path : path.split('.')) {
-    if (Array.isArray(cur) && /^\d+$/.test(key)) cur = cur[Number(key)];
-    else if (isObj(cur)) cur = cur[key];
-    else return undefined;
-  }
-  return cur;
-}
-
-function list(node: unknown, path: string): unknown[] {
-  const v = at(node, path);
-  return Array.isArray(v) ? v : [];
-}
-
-function mappings(node: unknown): Obj[] {
-  const out: Obj[] = [];
-  const visit = (n: unknown): void => {
-    if (Array.isArray(n)) n.forEach(visit);
-    else if (isObj(n)) {
-      out.push(n);
-      Object.values(n).forEach(visit);
-    }
-  };
-  visit(node);
-  return out;
-}
 
 function yamlFiles(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
