@@ -100,7 +100,7 @@ const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({'&':'&amp;','<':
 async function loadStatus() {
   const s = await (await fetch('debug/status')).json();
   const rows = s.issuers.map((i) => '<tr><td>' + esc(i.name) + '</td><td>' + esc(i.state) + '</td><td>' + esc(i.keyCount) + '</td><td>' + esc(i.lastSuccessAt || '') + '</td><td>' + esc(i.lastError || '') + '</td></tr>').join('');
-  document.getElementById('status').innerHTML = '<table><thead><tr><th>issuer</th><th>keys</th><th>count</th><th>last fetch</th><th>last error</th></tr></thead><tbody>' + rows + '</tbody></table>'
+  document.getElementById('status').innerHTML = '<table><thead><tr><th>issuer</th><th>key state</th><th>keys</th><th>last fetch</th><th>last error</th></tr></thead><tbody>' + rows + '</tbody></table>'
     + '<p>token cache: ' + esc(s.tokenCache.size) + ' entries; hits ' + esc(s.tokenCache.hits) + ', misses ' + esc(s.tokenCache.misses) + '</p>';
 }
 let current = [];
