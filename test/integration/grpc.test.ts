@@ -1,7 +1,9 @@
-import { status as grpcStatus } from '@grpc/grpc-js';
+import { Client, credentials, status as grpcStatus } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { envoyProtoIncludeDirs, PROTO_LOADER_OPTIONS } from '../../src/adapters/envoy/protos.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AUTH_SERVICE_NAME } from '../../src/adapters/envoy/grpc-server.js';
-import { checkRequest, readCheckResponse, type CheckOutcome, type RequestSpec } from '../helpers/grpc-client.js';
+import { checkRequest, readCheckResponse, type CheckOutcome, type CheckResponse__Output, type RequestSpec } from '../helpers/grpc-client.js';
 import { DISCOVERY_PATH, JWKS_PATH, startJwksServer, type JwksServer } from '../helpers/jwks-server.js';
 import { twoTenantConfig, userClaims } from './fixtures.js';
 import {
@@ -20,6 +22,15 @@ import {
 
 async function check(t: TestApp, spec: RequestSpec): Promise<CheckOutcome> {
   return readCheckResponse(await t.grpc.check(checkRequest(spec)));
+}
+
+/** The CheckResponse message type, to decode a response received as raw bytes. */
+function loadAuthorizationResponseType(): { decode(b: Buffer): CheckResponse__Output } {
+  const def = loadSync('envoy/service/auth/v3/external_auth.proto', { ...PROTO_LOADER_OPTIONS, includeDirs: envoyProtoIncludeDirs() });
+  const svc = def['envoy.service.auth.v3.Authorization'] as unknown as Record<string, { responseDeserialize(b: Buffer): CheckResponse__Output }>;
+  const check = svc.Check;
+  if (!check) throw new Error('no Check method');
+  return { decode: (b) => check.responseDeserialize(b) };
 }
 
 describe('gRPC ext_authz: two tenants, real JWKS over HTTP', () => {
@@ -179,6 +190,26 @@ describe('gRPC ext_authz: two tenants, real JWKS over HTTP', () => {
       expect(r.status).toBe(400);
       expect(r.reason).toBe('malformed_request');
       expect(r.body?.error).toBe('malformed_request');
+    }
+  });
+
+  it('answers bytes that are not a protobuf message with a denied response, not a gRPC error', async () => {
+    // A raw client: the request is sent as given, so the server sees undecodable bytes.
+    const client = new Client(t.addresses.grpc, credentials.createInsecure());
+    try {
+      const body = await new Promise<Buffer>((resolve, reject) => {
+        client.makeUnaryRequest(
+          '/envoy.service.auth.v3.Authorization/Check',
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          Buffer.from([0xff, 0xff, 0xff]),
+          (err, res) => (err || !res ? reject(err ?? new Error('no response')) : resolve(res)),
+        );
+      });
+      const decoded = readCheckResponse(loadAuthorizationResponseType().decode(body));
+      expect(decoded).toMatchObject({ decision: 'deny', status: 400, reason: 'malformed_request' });
+    } finally {
+      client.close();
     }
   });
 

@@ -42,7 +42,15 @@ export function createGrpcServer(deps: {
     ...service,
     Check: {
       ...check,
-      requestDeserialize: decodeCheckRequest,
+      // A message that does not decode must still get a CheckResponse (malformed_request), not
+      // grpc-js's INTERNAL error: it becomes a request without attributes, which Check denies.
+      requestDeserialize: (buf: Buffer) => {
+        try {
+          return decodeCheckRequest(buf);
+        } catch {
+          return { attributes: null };
+        }
+      },
       responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : check.responseSerialize(v)),
     },
   };
