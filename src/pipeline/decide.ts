@@ -61,7 +61,7 @@ const NO_ROUTE = '(none)';
 function headerSafe(s: string): string {
   // eslint-disable-next-line no-control-regex
   const clean = s.replace(/[^\x20-\x7e]/g, '?').replace(/["\\]/g, "'");
-  return clean.length > 200 ? `${clean.slice(0, 200)}…`.replace(/…$/, '...') : clean;
+  return clean.length > 200 ? `${clean.slice(0, 200)}...` : clean;
 }
 
 function bearerChallenge(realm: string, d: Denial): HeaderToSet {
