@@ -580,7 +580,7 @@ export function createApp(opts: AppOptions = {}): App {
           ),
       };
     }
-    grpc = createGrpcServer({ handle, onMalformed: malformed, tls: certs && tls ? { ...tls, provider: certs.provider() } : undefined });
+    grpc = createGrpcServer({ handle, onMalformed: malformed, tls: certs && tls ? { ...tls, watcher: certs } : undefined });
     addresses.grpc = await grpc.listen(config.listen.grpc);
     if (config.listen.http !== 'off') {
       http = createHttpAuthzServer({

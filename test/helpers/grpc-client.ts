@@ -3,6 +3,7 @@ import {
   makeClientConstructor,
   type CallOptions,
   type Client,
+  type ClientReadableStream,
   type ServiceDefinition,
   type ServiceError,
 } from '@grpc/grpc-js';
@@ -33,9 +34,11 @@ export interface AuthzClient {
   close(): void;
 }
 
-export function createAuthzClient(address: string): AuthzClient {
+/** `compression` makes grpc-js compress every request message with that algorithm. */
+export function createAuthzClient(address: string, opts: { compression?: 'deflate' | 'gzip' } = {}): AuthzClient {
   authorizationCtor ??= loadAuthorizationClient();
-  const client = new authorizationCtor(address, credentials.createInsecure());
+  const channelOptions = opts.compression ? { 'grpc.default_compression_algorithm': opts.compression === 'deflate' ? 1 : 2 } : {};
+  const client = new authorizationCtor(address, credentials.createInsecure(), channelOptions);
   return {
     check(request, opts = {}) {
       return new Promise((resolve, reject) => {
@@ -59,11 +62,23 @@ interface HealthStub extends Client {
     options: CallOptions,
     callback: (err: ServiceError | null, res?: { status: HealthStatus }) => void,
   ): void;
+  Watch(request: { service: string }, options: CallOptions): ClientReadableStream<{ status: HealthStatus }>;
+}
+
+export interface HealthWatch {
+  /** Every status the server has sent so far, in order. */
+  statuses: HealthStatus[];
+  /** Resolves when a status arrives that makes `until` true. */
+  next(until: (s: HealthStatus[]) => boolean): Promise<HealthStatus[]>;
+  /** Resolves with the gRPC status code the stream ended with. */
+  ended: Promise<number>;
+  cancel(): void;
 }
 
 export interface HealthClient {
   /** Status of `service` ('' = the whole server). */
   check(service?: string): Promise<HealthStatus>;
+  watch(service?: string): HealthWatch;
   close(): void;
 }
 
@@ -78,6 +93,35 @@ export function createHealthClient(address: string): HealthClient {
           else resolve(res?.status ?? 'UNKNOWN');
         });
       });
+    },
+    watch(service = '') {
+      const call = client.Watch({ service }, {});
+      const statuses: HealthStatus[] = [];
+      const waiters = new Set<() => void>();
+      call.on('data', (res: { status: HealthStatus }) => {
+        statuses.push(res.status);
+        for (const w of waiters) w();
+      });
+      const ended = new Promise<number>((resolve) => {
+        call.on('error', (err: ServiceError) => resolve(err.code));
+        call.on('status', (st: { code: number }) => resolve(st.code));
+      });
+      return {
+        statuses,
+        next: (until) =>
+          new Promise((resolve) => {
+            const test = () => {
+              if (until(statuses)) {
+                waiters.delete(test);
+                resolve([...statuses]);
+              }
+            };
+            waiters.add(test);
+            test();
+          }),
+        ended,
+        cancel: () => call.cancel(),
+      };
     },
     close: () => client.close(),
   };

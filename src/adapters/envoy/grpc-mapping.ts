@@ -122,12 +122,12 @@ function fail(): never {
 }
 
 /** Reader state for one decode: a position in `buf`. */
-interface Cursor {
+export interface Cursor {
   buf: Buffer;
   pos: number;
 }
 
-function readVarint(c: Cursor, end: number): number {
+export function readVarint(c: Cursor, end: number): number {
   const buf = c.buf;
   let pos = c.pos;
   let result = 0;
@@ -153,14 +153,14 @@ function readLength(c: Cursor, end: number): number {
   return stop;
 }
 
-function readString(c: Cursor, end: number): string {
+export function readString(c: Cursor, end: number): string {
   const stop = readLength(c, end);
   const s = c.buf.toString('utf8', c.pos, stop);
   c.pos = stop;
   return s;
 }
 
-function skip(c: Cursor, wireType: number, end: number): void {
+export function skip(c: Cursor, wireType: number, end: number): void {
   switch (wireType) {
     case 0:
       readVarint(c, end);
@@ -332,9 +332,11 @@ interface Plan {
 
 class Out {
   buf: Buffer;
-  pos = 0;
-  constructor(size: number) {
-    this.buf = Buffer.allocUnsafe(size);
+  pos: number;
+  /** `start` bytes of headroom are left at the front (for a gRPC frame header). */
+  constructor(size: number, start = 0) {
+    this.buf = Buffer.allocUnsafe(start + size);
+    this.pos = start;
   }
   byte(b: number): void {
     this.buf[this.pos++] = b;
@@ -451,6 +453,21 @@ function writeStruct(o: Out, md: Record<string, string | string[]>, p: Plan): vo
  * writes for that object, without building it.
  */
 export function encodeCheckResponse(d: Decision): Buffer {
+  return encodeResponse(d, 0);
+}
+
+/**
+ * encodeCheckResponse(d) as one gRPC length-prefixed message (flag 0 = not
+ * compressed, 4-byte big-endian length, message), in a single allocation.
+ */
+export function encodeCheckResponseFrame(d: Decision): Buffer {
+  const buf = encodeResponse(d, 5);
+  buf[0] = 0;
+  buf.writeUInt32BE(buf.length - 5, 1);
+  return buf;
+}
+
+function encodeResponse(d: Decision, start: number): Buffer {
   const p: Plan = { sizes: [], at: 0 };
   if (d.kind === 'allow') {
     const headers = sizeHeaders(d.headersToSet, p);
@@ -464,7 +481,7 @@ export function encodeCheckResponse(d: Decision): Buffer {
     const meta = sizeStruct(d.metadata, p);
     // status {code: 0, message: ''} = 08 00 12 00
     const total = fieldSize(4) + fieldSize(ok) + fieldSize(meta);
-    const o = new Out(total);
+    const o = new Out(total, start);
     o.byte(10);
     o.byte(4);
     o.byte(8);
@@ -478,7 +495,7 @@ export function encodeCheckResponse(d: Decision): Buffer {
     o.byte(34);
     o.varint(meta);
     writeStruct(o, d.metadata, p);
-    if (o.pos !== total) throw new Error(`encodeCheckResponse: wrote ${o.pos} of ${total} bytes`);
+    if (o.pos !== start + total) throw new Error(`encodeCheckResponse: wrote ${o.pos - start} of ${total} bytes`);
     return o.buf;
   }
   const code = d.status === 401 ? grpcStatus.UNAUTHENTICATED : d.status >= 500 ? grpcStatus.UNAVAILABLE : grpcStatus.PERMISSION_DENIED;
@@ -492,7 +509,7 @@ export function encodeCheckResponse(d: Decision): Buffer {
   const denied = fieldSize(httpStatus) + headers + fieldSize(bodyLen);
   const meta = sizeStruct(d.metadata, p);
   const total = fieldSize(status) + fieldSize(denied) + fieldSize(meta);
-  const o = new Out(total);
+  const o = new Out(total, start);
   o.byte(10);
   o.varint(status);
   o.byte(8);
@@ -509,6 +526,6 @@ export function encodeCheckResponse(d: Decision): Buffer {
   o.byte(34);
   o.varint(meta);
   writeStruct(o, d.metadata, p);
-  if (o.pos !== total) throw new Error(`encodeCheckResponse: wrote ${o.pos} of ${total} bytes`);
+  if (o.pos !== start + total) throw new Error(`encodeCheckResponse: wrote ${o.pos - start} of ${total} bytes`);
   return o.buf;
 }

@@ -1,6 +1,5 @@
 import { createHash, createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { experimental } from '@grpc/grpc-js';
 import { PortcullisError } from '../../core/errors.js';
 import type { Scheduler, TimerHandle } from '../../core/types.js';
 
@@ -31,8 +30,6 @@ export interface TlsMaterial {
 export interface CertWatcher {
   current(): TlsMaterial;
   onChange(listener: (m: TlsMaterial) => void): void;
-  /** gRPC certificate provider fed by this watcher (identity and CA). */
-  provider(): experimental.CertificateProvider;
   start(): void;
   stop(): void;
   /** Re-reads now; returns true when a new, valid set was applied. */
@@ -93,13 +90,6 @@ export function createCertWatcher(deps: {
   let timer: TimerHandle | undefined;
   let running = false;
 
-  const caListeners = new Set<(u: experimental.CaCertificateUpdate | null) => void>();
-  const idListeners = new Set<(u: experimental.IdentityCertificateUpdate | null) => void>();
-  listeners.add((m) => {
-    for (const l of caListeners) l({ caCertificate: m.ca });
-    for (const l of idListeners) l({ certificate: m.cert, privateKey: m.key });
-  });
-
   function poll(): boolean {
     let next: TlsMaterial;
     try {
@@ -126,34 +116,9 @@ export function createCertWatcher(deps: {
     }, deps.intervalMs);
   }
 
-  const provider: experimental.CertificateProvider = {
-    // grpc-js subscribes before it registers the watcher that records "credentials
-    // loaded"; an answer given synchronously here would be lost, so the current
-    // material is delivered on the next microtask.
-    addCaCertificateListener(l) {
-      caListeners.add(l);
-      queueMicrotask(() => {
-        if (caListeners.has(l)) l({ caCertificate: material.ca });
-      });
-    },
-    removeCaCertificateListener(l) {
-      caListeners.delete(l);
-    },
-    addIdentityCertificateListener(l) {
-      idListeners.add(l);
-      queueMicrotask(() => {
-        if (idListeners.has(l)) l({ certificate: material.cert, privateKey: material.key });
-      });
-    },
-    removeIdentityCertificateListener(l) {
-      idListeners.delete(l);
-    },
-  };
-
   return {
     current: () => material,
     onChange: (l) => listeners.add(l),
-    provider: () => provider,
     start() {
       if (running) return;
       running = true;

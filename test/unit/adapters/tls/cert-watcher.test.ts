@@ -1,6 +1,5 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { experimental } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createCertWatcher, loadTlsMaterial, uriSans, type TlsMaterial } from '../../../../src/adapters/tls/cert-watcher.js';
 import { parseConfig } from '../../../../src/config/load.js';
@@ -249,50 +248,26 @@ describe('createCertWatcher', () => {
     w.stop();
   });
 
-  // The current material is delivered on the next microtask (grpc-js subscribes before
-  // it registers the watcher that records "credentials loaded").
-  it('provider(): listeners get the current material right after subscribing and every applied update after', async () => {
+  it('onChange(): listeners get every applied update, never a broken one', () => {
     const { w } = watcher();
-    const p = w.provider();
-    const caUpdates: (experimental.CaCertificateUpdate | null)[] = [];
-    const idUpdates: (experimental.IdentityCertificateUpdate | null)[] = [];
-    const onCa = (u: experimental.CaCertificateUpdate | null) => caUpdates.push(u);
-    const onId = (u: experimental.IdentityCertificateUpdate | null) => idUpdates.push(u);
-    p.addCaCertificateListener(onCa);
-    p.addIdentityCertificateListener(onId);
-    expect(caUpdates).toHaveLength(0);
-    await Promise.resolve();
-    expect(caUpdates.map((u) => u?.caCertificate.toString())).toEqual([ca.cert]);
-    expect(idUpdates.map((u) => [serialOf(u?.certificate ?? ''), u?.privateKey.toString()])).toEqual([[first.serial, first.key]]);
-
+    const seen: string[] = [];
+    w.onChange((m) => seen.push(`${serialOf(m.cert)} ${m.ca.toString() === ca.cert ? 'ca' : 'ca+other'}`));
     // A broken rotation is never pushed.
     writeTlsFilesInPlace(paths, { cert: second.cert, key: second.key, ca: ca.cert }, { stopAfter: 'cert' });
     w.poll();
-    expect(idUpdates).toHaveLength(1);
-
+    expect(seen).toEqual([]);
     writeTlsFilesAtomic(paths, { cert: second.cert, key: second.key, ca: `${ca.cert}${otherCa.cert}` });
     expect(w.poll()).toBe(true);
-    expect(caUpdates.map((u) => u?.caCertificate.toString())).toEqual([ca.cert, `${ca.cert}${otherCa.cert}`]);
-    expect(idUpdates.map((u) => [serialOf(u?.certificate ?? ''), u?.privateKey.toString()])).toEqual([
-      [first.serial, first.key],
-      [second.serial, second.key],
-    ]);
-
-    p.removeCaCertificateListener(onCa);
-    p.removeIdentityCertificateListener(onId);
-    writeTlsFilesAtomic(paths, { cert: third.cert, key: third.key, ca: ca.cert });
-    expect(w.poll()).toBe(true);
-    expect(caUpdates).toHaveLength(2);
-    expect(idUpdates).toHaveLength(2);
+    expect(seen).toEqual([`${second.serial} ca+other`]);
+    // Unchanged files are not an update.
+    expect(w.poll()).toBe(false);
+    expect(seen).toHaveLength(1);
   });
 
-  it('provider(): the identity pushed with each update is always a matching cert/key pair', async () => {
+  it('onChange(): the material pushed with each update is always a matching cert/key pair', () => {
     const { w } = watcher();
     const pairs: [string, string][] = [];
-    w.provider().addIdentityCertificateListener((u) => {
-      if (u) pairs.push([u.certificate.toString(), u.privateKey.toString()]);
-    });
-    await Promise.resolve();
+    w.onChange((m) => pairs.push([m.cert.toString(), m.key.toString()]));
     for (const next of [second, third, first]) {
       writeTlsFilesInPlace(paths, { cert: next.cert, key: next.key, ca: ca.cert }, { stopAfter: 'cert' });
       w.poll();
@@ -300,7 +275,7 @@ describe('createCertWatcher', () => {
       w.poll();
     }
     const byCert = new Map([first, second, third].map((k) => [k.cert, k.key]));
-    expect(pairs).toHaveLength(4);
+    expect(pairs).toHaveLength(3);
     for (const [cert, key] of pairs) expect(byCert.get(cert)).toBe(key);
   });
 });
