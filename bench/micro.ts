@@ -18,7 +18,10 @@
  *
  * Environment: MICRO_SECONDS (seconds per throughput loop, default 2),
  * MICRO_ONLY (a regular expression: run only the scenarios it matches, e.g.
- * for `node --cpu-prof dist/bench/micro.js`),
+ * for `node --cpu-prof dist/bench/micro.js`; the codec check and the set-ups
+ * of sections with no matching scenario are skipped, and the paired
+ * comparison runs when it matches "paired" or an uncached scenario — so
+ * MICRO_ONLY=uncached runs just the uncached rows and the paired ratios),
  * MICRO_JSON (path to also write the results as JSON; default
  * bench/results/micro-latest.json).
  */
@@ -72,6 +75,10 @@ function log(s: string): void {
 
 /** Throughput of `fn(i)` over SECONDS, then p50/p99 of single calls. */
 const ONLY = process.env.MICRO_ONLY ? new RegExp(process.env.MICRO_ONLY) : undefined;
+/** Whether MICRO_ONLY selects any of these scenario names (set-ups of unselected sections are skipped). */
+function wanted(...names: string[]): boolean {
+  return !ONLY || names.some((n) => ONLY.test(n));
+}
 
 async function measure(scenario: string, fn: (i: number) => unknown, note?: string): Promise<Row> {
   if (ONLY && !ONLY.test(scenario)) return { scenario, perSecond: NaN, p50us: NaN, p99us: NaN };
@@ -301,8 +308,10 @@ function rawVerifier(token: string, key: KeyObject, alg: 'RS256' | 'ES256'): () 
 async function main(): Promise<void> {
   log(`portcullis micro benchmark — node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? '?'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   log(`${SECONDS} s per throughput loop; one process, one thread\n`);
-  const codec = runCodecCheck(2_000);
-  log(`codec check: ${codec.responses} CheckResponses byte-identical to protobufjs, ${codec.requests} CheckRequests decode to the same CheckInput\n`);
+  if (wanted('codec check')) {
+    const codec = runCodecCheck(2_000);
+    log(`codec check: ${codec.responses} CheckResponses byte-identical to protobufjs, ${codec.requests} CheckRequests decode to the same CheckInput\n`);
+  }
   const material = loadMaterial(join(ROOT, '.cache', 'bench'), POOL, log);
   const keys = material.keys;
   const rs = material.rsPool.map((t) => t.token);
@@ -343,6 +352,7 @@ async function main(): Promise<void> {
   const rsInputs = rs.map((t, i) => input(t, `/v1/sandboxes/sbx-${i % 1000}/invoke`));
   const esInputs = es.map((t, i) => input(t, `/v1/sandboxes/sbx-${i % 1000}/invoke`));
   const uncached = await buildCore(keys, baseConfig([INVOKE_ROUTE]));
+  const cores: Core[] = [small, uncached];
   const rsRow = await measure(`uncached RS256 (${POOL} tokens, LRU 10,000): decide`, (i) => expectAllow(uncached.decider.decide(rsInputs[i % POOL] as CheckInput), 'rs256'));
   const rsRaw = rs.map((t) => rawVerifier(t, keys.rsa.publicKey, 'RS256'));
   const rsRawRow = await measure('raw node:crypto RS256 verify, same tokens', (i) => {
@@ -354,53 +364,66 @@ async function main(): Promise<void> {
     if (!(esRaw[i % POOL] as () => boolean)()) throw new Error('raw verify failed');
   });
 
-  const rsPair = paired((i) => expectAllow(uncached.decider.decide(rsInputs[i % POOL] as CheckInput), 'rs256'), (i) => (rsRaw[i % POOL] as () => boolean)());
-  const esPair = paired((i) => expectAllow(uncached.decider.decide(esInputs[i % POOL] as CheckInput), 'es256'), (i) => (esRaw[i % POOL] as () => boolean)());
+  let rsPair: [number, number] = [NaN, NaN];
+  let esPair: [number, number] = [NaN, NaN];
+  if (wanted('paired RS256 decide vs raw verify', rsRow.scenario, esRow.scenario)) {
+    rsPair = paired((i) => expectAllow(uncached.decider.decide(rsInputs[i % POOL] as CheckInput), 'rs256'), (i) => (rsRaw[i % POOL] as () => boolean)());
+    esPair = paired((i) => expectAllow(uncached.decider.decide(esInputs[i % POOL] as CheckInput), 'es256'), (i) => (esRaw[i % POOL] as () => boolean)());
+  }
   log(`paired RS256 decide vs raw verify: ${rsPair[0]}/s vs ${rsPair[1]}/s = ${((100 * rsPair[0]) / rsPair[1]).toFixed(1)}%; ES256: ${esPair[0]}/s vs ${esPair[1]}/s = ${((100 * esPair[0]) / esPair[1]).toFixed(1)}%`);
   paired_results = { rs256: { decide: rsPair[0], raw: rsPair[1] }, es256: { decide: esPair[0], raw: esPair[1] } };
 
   // 3. 10,000 routes
-  const many: Record<string, unknown>[] = [];
-  for (let i = 0; i < 10_000; i++) {
-    many.push({ name: `route-${i}`, match: { hosts: [`h${i % 100}.bench`], methods: ['POST'], path: `/t${i}/sandboxes/{id}/invoke` }, require: { roles: { anyOf: ['sandbox:invoke'] } } });
+  if (wanted('10,000 routes, cached token: decide (last route)', '10,000 routes, cached token: decide (route after all hosts)')) {
+    const many: Record<string, unknown>[] = [];
+    for (let i = 0; i < 10_000; i++) {
+      many.push({ name: `route-${i}`, match: { hosts: [`h${i % 100}.bench`], methods: ['POST'], path: `/t${i}/sandboxes/{id}/invoke` }, require: { roles: { anyOf: ['sandbox:invoke'] } } });
+    }
+    many.push(INVOKE_ROUTE);
+    const big = await buildCore(keys, baseConfig(many));
+    cores.push(big);
+    const lastIn = input(token0, '/t9999/sandboxes/sbx-0/invoke', 'h99.bench');
+    if (expectAllow(big.decider.decide(lastIn), '10k').route !== 'route-9999') throw new Error('10k routes: wrong route');
+    await measure('10,000 routes, cached token: decide (last route)', () => expectAllow(big.decider.decide(lastIn), '10k'));
+    const fallIn = input(token0);
+    await measure('10,000 routes, cached token: decide (route after all hosts)', () => expectAllow(big.decider.decide(fallIn), '10k'));
   }
-  many.push(INVOKE_ROUTE);
-  const big = await buildCore(keys, baseConfig(many));
-  const lastIn = input(token0, '/t9999/sandboxes/sbx-0/invoke', 'h99.bench');
-  if (expectAllow(big.decider.decide(lastIn), '10k').route !== 'route-9999') throw new Error('10k routes: wrong route');
-  await measure('10,000 routes, cached token: decide (last route)', () => expectAllow(big.decider.decide(lastIn), '10k'));
-  const fallIn = input(token0);
-  await measure('10,000 routes, cached token: decide (route after all hosts)', () => expectAllow(big.decider.decide(fallIn), '10k'));
 
   // 4. ownership with 100,000 cached owners (1,000 users' tokens, cached)
-  const ownerCfg = baseConfig([{ ...INVOKE_ROUTE, require: { roles: { anyOf: ['sandbox:invoke'] }, owner: { resource: 'sandboxes' } } }], {
-    kubernetes: { kubeconfig: '/nonexistent', resources: [{ name: 'sandboxes', group: 'agentcube.io', version: 'v1alpha1', resource: 'sandboxes', namespace: 'bench' }] },
-  });
-  const owned = await buildCore(keys, ownerCfg, { kube: memoryKube(OWNERS) });
-  const ownHealth = owned.modules.flatMap((m) => m.health?.() ?? []);
-  for (let t = 0; t < 200 && !(owned.modules.flatMap((m) => m.health?.() ?? []).every((h) => h.ready)); t++) await new Promise((r) => setTimeout(r, 50));
-  const ownedDetail = owned.modules.flatMap((m) => m.health?.() ?? []).find((h) => h.name.startsWith('ownership'));
-  if (!ownedDetail?.ready) throw new Error(`owner cache not synced: ${JSON.stringify(ownHealth)}`);
-  // request k: user (k % 1000) asks for one of their 100 sandboxes, spread over the whole map
-  const ownInputs: CheckInput[] = [];
-  for (let k = 0; k < 10_000; k++) {
-    const user = k % 1000;
-    const sbx = user + 1000 * (Math.floor(k / 1000) * 7 % 100);
-    ownInputs.push(input(rs[user] as string, `/v1/sandboxes/sbx-${sbx}/invoke`));
+  if (wanted(`ownership, ${OWNERS.toLocaleString('en')} cached owners (1,000 users, cached tokens)`)) {
+    const ownerCfg = baseConfig([{ ...INVOKE_ROUTE, require: { roles: { anyOf: ['sandbox:invoke'] }, owner: { resource: 'sandboxes' } } }], {
+      kubernetes: { kubeconfig: '/nonexistent', resources: [{ name: 'sandboxes', group: 'agentcube.io', version: 'v1alpha1', resource: 'sandboxes', namespace: 'bench' }] },
+    });
+    const owned = await buildCore(keys, ownerCfg, { kube: memoryKube(OWNERS) });
+    cores.push(owned);
+    const ownHealth = owned.modules.flatMap((m) => m.health?.() ?? []);
+    for (let t = 0; t < 200 && !(owned.modules.flatMap((m) => m.health?.() ?? []).every((h) => h.ready)); t++) await new Promise((r) => setTimeout(r, 50));
+    const ownedDetail = owned.modules.flatMap((m) => m.health?.() ?? []).find((h) => h.name.startsWith('ownership'));
+    if (!ownedDetail?.ready) throw new Error(`owner cache not synced: ${JSON.stringify(ownHealth)}`);
+    // request k: user (k % 1000) asks for one of their 100 sandboxes, spread over the whole map
+    const ownInputs: CheckInput[] = [];
+    for (let k = 0; k < 10_000; k++) {
+      const user = k % 1000;
+      const sbx = user + 1000 * (Math.floor(k / 1000) * 7 % 100);
+      ownInputs.push(input(rs[user] as string, `/v1/sandboxes/sbx-${sbx}/invoke`));
+    }
+    for (const i of ownInputs) expectAllow(owned.decider.decide(i), 'owner');
+    await measure(`ownership, ${OWNERS.toLocaleString('en')} cached owners (1,000 users, cached tokens)`, (k) => expectAllow(owned.decider.decide(ownInputs[k % ownInputs.length] as CheckInput), 'owner'), `${String(ownedDetail.detail?.objects)} objects in the cache`);
   }
-  for (const i of ownInputs) expectAllow(owned.decider.decide(i), 'owner');
-  await measure(`ownership, ${OWNERS.toLocaleString('en')} cached owners (1,000 users, cached tokens)`, (k) => expectAllow(owned.decider.decide(ownInputs[k % ownInputs.length] as CheckInput), 'owner'), `${String(ownedDetail.detail?.objects)} objects in the cache`);
 
   // 5. exchange cache hit
-  const calls = { calls: 0 };
-  const exCfg = baseConfig([{ ...INVOKE_ROUTE, exchange: { audience: 'picod' } }], {
-    exchange: { clientId: 'portcullis', clientSecret: 'bench-secret', tokenEndpoint: 'http://127.0.0.1:1/token' },
-  });
-  const ex = await buildCore(keys, exCfg, { fetch: tokenEndpoint(keys, calls) });
-  const first = ex.decider.decide(in0);
-  const d0 = first instanceof Promise ? await first : first;
-  if (d0.kind !== 'allow') throw new Error(`exchange: ${d0.kind === 'deny' ? d0.reason : ''}`);
-  await measure('exchange cache hit (cached token): decide', () => expectAllow(ex.decider.decide(in0), 'exchange'), `${calls.calls} call(s) to the token endpoint`);
+  if (wanted('exchange cache hit (cached token): decide')) {
+    const calls = { calls: 0 };
+    const exCfg = baseConfig([{ ...INVOKE_ROUTE, exchange: { audience: 'picod' } }], {
+      exchange: { clientId: 'portcullis', clientSecret: 'bench-secret', tokenEndpoint: 'http://127.0.0.1:1/token' },
+    });
+    const ex = await buildCore(keys, exCfg, { fetch: tokenEndpoint(keys, calls) });
+    cores.push(ex);
+    const first = ex.decider.decide(in0);
+    const d0 = first instanceof Promise ? await first : first;
+    if (d0.kind !== 'allow') throw new Error(`exchange: ${d0.kind === 'deny' ? d0.reason : ''}`);
+    await measure('exchange cache hit (cached token): decide', () => expectAllow(ex.decider.decide(in0), 'exchange'), `${calls.calls} call(s) to the token endpoint`);
+  }
 
   // 6. what app.ts record() adds per decision
   const registry = new Registry();
@@ -446,7 +469,7 @@ async function main(): Promise<void> {
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cores: cpus().length, cpuModel: cpus()[0]?.model, loadavg: loadavg(), seconds: SECONDS, rows, paired: paired_results }, null, 2)}\n`);
   log(`\nwrote ${out}`);
-  for (const m of [...small.modules, ...uncached.modules, ...big.modules, ...owned.modules, ...ex.modules]) await m.stop?.();
+  for (const c of cores) for (const m of c.modules) await m.stop?.();
   process.exit(0);
 }
 

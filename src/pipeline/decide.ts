@@ -315,17 +315,21 @@ export function createDecider(deps: DeciderDeps): Decider {
         return toDeny(denial('no_route', `Envoy names route "${headerSafe(named)}", which is not configured`), realm);
       }
     } else {
-      const check = splitRequestPath(input.path);
-      if (!check.ok) {
-        if (trace) trace.deniedBy = 'route';
-        return toDeny(denial('malformed_request', `request path rejected: ${check.message}`), realm);
-      }
+      // match() splits and checks the path itself and matches nothing when splitRequestPath
+      // rejects it (RouteTable's contract), so the path is split again only when nothing matched.
       const m = policy.table.match(input.host, input.method, input.path);
       if (m) {
         route = m.route;
         params = m.params;
         if (trace) trace.route = { name: route.name, by: 'table', params: { ...params } };
-      } else if (trace) trace.route = { name: NO_ROUTE, by: 'none' };
+      } else {
+        const check = splitRequestPath(input.path);
+        if (!check.ok) {
+          if (trace) trace.deniedBy = 'route';
+          return toDeny(denial('malformed_request', `request path rejected: ${check.message}`), realm);
+        }
+        if (trace) trace.route = { name: NO_ROUTE, by: 'none' };
+      }
     }
     if (!route) {
       if (policy.onNoRoute === 'allow') {

@@ -40,6 +40,72 @@ export function createRoleResolver(graph: Readonly<Record<string, readonly strin
   };
 }
 
+/** A Set that refuses changes once built: it is shared between principals, so no one may alter it for the others. */
+class FrozenSet<T> extends Set<T> {
+  #frozen = false;
+
+  constructor(values: Iterable<T>) {
+    super();
+    for (const v of values) super.add(v);
+    this.#frozen = true;
+  }
+
+  override add(value: T): this {
+    if (this.#frozen) throw new TypeError('a principal\'s role set is read-only');
+    return super.add(value);
+  }
+
+  override delete(value: T): boolean {
+    if (this.#frozen) throw new TypeError('a principal\'s role set is read-only');
+    return super.delete(value);
+  }
+
+  override clear(): void {
+    if (this.#frozen) throw new TypeError('a principal\'s role set is read-only');
+    super.clear();
+  }
+}
+
+/** What a principal holds: the roles found in its token and their closure. Both read-only (frozen). */
+export interface HeldRoles {
+  roles: readonly string[];
+  effectiveRoles: ReadonlySet<string>;
+}
+
+/**
+ * One HeldRoles per distinct list of token roles, shared by every principal
+ * with that list. Tokens of a realm carry a handful of role lists, and each
+ * cached principal otherwise kept its own array and Set (about 400 of the
+ * 1,200 bytes a token-cache entry holds). Bounded: once `max` lists are known,
+ * others get a fresh (equally frozen) HeldRoles each time. One per verifier
+ * (no module state).
+ */
+export interface RoleInterner {
+  /** `roles` (order kept) and `resolver.expand(roles)`, frozen and shared. */
+  hold(roles: readonly string[]): HeldRoles;
+}
+
+export function createRoleInterner(resolver: RoleResolver, max = 256): RoleInterner {
+  const byList = new Map<string, HeldRoles>();
+  return {
+    hold(roles) {
+      // The key is for lookup only: role names may contain the separator, so a hit must also match element by element.
+      const key = roles.join('\n');
+      const known = byList.get(key);
+      if (known !== undefined && sameList(known.roles, roles)) return known;
+      const held: HeldRoles = { roles: Object.freeze([...roles]), effectiveRoles: new FrozenSet(resolver.expand(roles)) };
+      if (known === undefined && byList.size < max) byList.set(key, held);
+      return held;
+    },
+  };
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** Reads role names from the claim paths an issuer is configured with. */
 export function extractRoles(claims: Readonly<Record<string, unknown>>, paths: readonly (readonly string[])[]): string[] {
   const out: string[] = [];

@@ -3,8 +3,8 @@ import { LRUCache } from 'lru-cache';
 import type { KeySource, ResolvedKey } from '../adapters/oidc/key-source.js';
 import { denial, isDenial, type Denial } from '../core/errors.js';
 import type { Clock, Principal } from '../core/types.js';
-import { createHeaderCache, parseJws, verifySignature, type ParsedJws } from './jws.js';
-import { extractRoles, type RoleResolver } from './roles.js';
+import { createJwsCodec, type ParsedJws } from './jws.js';
+import { createRoleInterner, extractRoles, type RoleResolver } from './roles.js';
 
 /** One configured issuer (a Keycloak realm = one tenant), ready for the hot path. */
 export interface IssuerRuntime {
@@ -51,6 +51,21 @@ interface CacheEntry {
   key: KeyObject;
 }
 
+/**
+ * The token cache is keyed by the token's last TOKEN_KEY_CHARS characters (the
+ * end of its signature), not by the whole token: V8 hashes a string key in full
+ * the first time it is looked up, and every request brings a new string, so a
+ * whole-token key costs a hash over ~1 KB per decision, hit or miss. An entry
+ * is used only when its principal's token equals the presented one exactly;
+ * two different tokens that end alike (a signature copied onto another
+ * payload) are simply a miss for the one that is not cached.
+ */
+const TOKEN_KEY_CHARS = 32;
+
+export function tokenCacheKey(token: string): string {
+  return token.length > TOKEN_KEY_CHARS ? token.slice(-TOKEN_KEY_CHARS) : token;
+}
+
 function numericClaim(payload: Readonly<Record<string, unknown>>, name: string): number | undefined | Denial {
   const v = payload[name];
   if (v === undefined) return undefined;
@@ -62,12 +77,13 @@ export function createVerifier(deps: VerifierDeps): Verifier {
   const { clock, roles, observer } = deps;
   const byIss = new Map<string, IssuerRuntime>();
   for (const i of deps.issuers) byIss.set(i.issuer, i);
-  const headerCache = createHeaderCache();
+  const codec = createJwsCodec();
+  const heldRoles = createRoleInterner(roles);
   const cache =
     deps.cacheMaxEntries > 0 ? new LRUCache<string, CacheEntry>({ max: deps.cacheMaxEntries }) : undefined;
 
-  function checkClaims(jws: ParsedJws, issuer: IssuerRuntime, token: string, source: string): VerifyResult {
-    const p = jws.payload;
+  function checkClaims(parsed: ParsedJws, issuer: IssuerRuntime, token: string, source: string): VerifyResult {
+    const p = parsed.payload;
     const now = clock.now();
     const skew = issuer.clockSkewMs;
     const exp = numericClaim(p, 'exp');
@@ -89,28 +105,29 @@ export function createVerifier(deps: VerifierDeps): Verifier {
     if (typeof sub !== 'string' || sub.length === 0) {
       return denial('claims_invalid', `token has no "${issuer.subjectClaim}" claim`);
     }
-    const tokenRoles = extractRoles(p, issuer.roleClaims);
+    const held = heldRoles.hold(extractRoles(p, issuer.roleClaims));
     return {
       issuerName: issuer.name,
       issuer: issuer.issuer,
       sub,
       qualifiedSub: `${issuer.name}/${sub}`,
-      roles: tokenRoles,
-      effectiveRoles: roles.expand(tokenRoles),
+      roles: held.roles,
+      effectiveRoles: held.effectiveRoles,
       claims: p,
       token,
       expiresAt: exp * 1000,
       source,
+      // Part of the literal (not assigned afterwards): one object shape, same properties in the same order.
+      kid: parsed.kid,
+      alg: parsed.alg,
     };
   }
 
-  function finish(jws: ParsedJws, issuer: IssuerRuntime, key: ResolvedKey, token: string, source: string, dryRun: boolean): VerifyResult {
-    if (!verifySignature(jws, key.key)) return denial('signature_invalid', 'token signature does not verify');
-    const result = checkClaims(jws, issuer, token, source);
+  function finish(parsed: ParsedJws, issuer: IssuerRuntime, key: ResolvedKey, token: string, source: string, dryRun: boolean): VerifyResult {
+    if (!codec.verify(parsed, key.key)) return denial('signature_invalid', 'token signature does not verify');
+    const result = checkClaims(parsed, issuer, token, source);
     if (isDenial(result)) return result;
-    result.kid = jws.kid;
-    result.alg = jws.alg;
-    if (cache && !dryRun) cache.set(token, { principal: result, issuer, kid: jws.kid, alg: jws.alg, key: key.key });
+    if (cache && !dryRun) cache.set(tokenCacheKey(token), { principal: result, issuer, kid: parsed.kid, alg: parsed.alg, key: key.key });
     return result;
   }
 
@@ -123,8 +140,12 @@ export function createVerifier(deps: VerifierDeps): Verifier {
   return {
     verify(token, source, dryRun = false) {
       if (cache) {
-        const hit = dryRun ? cache.peek(token) : cache.get(token);
+        const ck = tokenCacheKey(token);
+        const found = cache.peek(ck);
+        // Only this very token's entry counts (see tokenCacheKey).
+        const hit = found !== undefined && found.principal.token === token ? found : undefined;
         if (hit) {
+          if (!dryRun) cache.get(ck); // recency, as a get() of the token did before
           if (clock.now() - hit.issuer.clockSkewMs < hit.principal.expiresAt) {
             // A key that has since been withdrawn (or keys gone stale) ends the cached trust too.
             const k = hit.issuer.keys.get(hit.kid, hit.alg);
@@ -136,11 +157,11 @@ export function createVerifier(deps: VerifierDeps): Verifier {
             }
             if (k === 'unavailable') return keyDenial(hit.issuer, k, hit.kid);
           }
-          if (!dryRun) cache.delete(token);
+          if (!dryRun) cache.delete(ck);
         }
       }
       if (!dryRun) observer?.cacheMiss();
-      const jws = parseJws(token, headerCache);
+      const jws = codec.parse(token);
       if (isDenial(jws)) return jws;
       const iss = jws.payload.iss;
       if (typeof iss !== 'string') return denial('unknown_issuer', 'token has no "iss" claim');

@@ -424,6 +424,18 @@ describe('decide: routes', () => {
     },
   );
 
+  it.each(['/internal/../x', '/internal/a%2fb', '/internal//x', '/internal/%2e%2e'])(
+    'denies a malformed path %s under a catch-all route with malformed_request, before any route is chosen',
+    async (path) => {
+      const { decider } = build();
+      const trace: DecisionTrace = {};
+      const d = expectDeny(now(decider.decide(req(path, bearer(await acmeToken()), { host: 'internal.example' }), trace)), 'malformed_request', 400);
+      expect(d.route).toBeUndefined();
+      expect(trace.route).toBeUndefined();
+      expect(trace.deniedBy).toBe('route');
+    },
+  );
+
   it('matches hosts with a port', async () => {
     const { decider } = build();
     const d = now(decider.decide(req('/internal/x', bearer(await acmeToken()), { host: 'internal.example:8443' })));

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Principal } from '../../../src/core/types.js';
-import { checkRoles, createRoleResolver, extractRoles } from '../../../src/stages/roles.js';
+import { checkRoles, createRoleInterner, createRoleResolver, extractRoles } from '../../../src/stages/roles.js';
 
 function sorted(s: ReadonlySet<string>): string[] {
   return [...s].sort();
@@ -53,6 +53,75 @@ describe('createRoleResolver', () => {
   it('expands a role that appears only as a child (leaf)', () => {
     const r = createRoleResolver({ a: ['leaf'] });
     expect(sorted(r.expand(['leaf']))).toEqual(['leaf']);
+  });
+});
+
+describe('createRoleInterner', () => {
+  const resolver = createRoleResolver({ admin: ['sandbox:manage'], 'sandbox:manage': ['sandbox:invoke'] });
+
+  it('holds the roles as given and their closure', () => {
+    const held = createRoleInterner(resolver).hold(['admin', 'custom']);
+    expect(held.roles).toEqual(['admin', 'custom']);
+    expect(sorted(held.effectiveRoles)).toEqual(sorted(resolver.expand(['admin', 'custom'])));
+    expect(held.effectiveRoles.has('sandbox:invoke')).toBe(true);
+    expect(held.effectiveRoles.has('viewer')).toBe(false);
+    expect(held.effectiveRoles.size).toBe(4);
+    expect(createRoleInterner(resolver).hold([]).effectiveRoles.size).toBe(0);
+  });
+
+  it('shares one value per role list (order matters), not per call', () => {
+    const interner = createRoleInterner(resolver);
+    const a = interner.hold(['admin', 'x']);
+    expect(interner.hold(['admin', 'x'])).toBe(a);
+    const b = interner.hold(['x', 'admin']);
+    expect(b).not.toBe(a);
+    expect(b.roles).toEqual(['x', 'admin']);
+  });
+
+  it('does not confuse lists whose joined text is the same', () => {
+    const interner = createRoleInterner(resolver);
+    const joined = interner.hold(['admin\nx']);
+    const split = interner.hold(['admin', 'x']);
+    expect(joined.roles).toEqual(['admin\nx']);
+    expect(sorted(joined.effectiveRoles)).toEqual(['admin\nx']);
+    expect(split.roles).toEqual(['admin', 'x']);
+    expect(split.effectiveRoles.has('sandbox:manage')).toBe(true);
+    expect(interner.hold(['admin\nx'])).toEqual(joined);
+  });
+
+  it('keeps the input array out of it: changing it later changes nothing', () => {
+    const interner = createRoleInterner(resolver);
+    const input = ['admin'];
+    const held = interner.hold(input);
+    input.push('intruder');
+    expect(held.roles).toEqual(['admin']);
+    expect(held.effectiveRoles.has('intruder')).toBe(false);
+  });
+
+  it('hands out read-only values: the array is frozen, the set refuses add, delete and clear', () => {
+    const held = createRoleInterner(resolver).hold(['admin']);
+    expect(Object.isFrozen(held.roles)).toBe(true);
+    expect(() => (held.roles as string[]).push('root')).toThrow(TypeError);
+    const set = held.effectiveRoles as Set<string>;
+    expect(() => set.add('root')).toThrow(TypeError);
+    expect(() => set.delete('admin')).toThrow(TypeError);
+    expect(() => set.clear()).toThrow(TypeError);
+    expect(sorted(held.effectiveRoles)).toEqual(['admin', 'sandbox:invoke', 'sandbox:manage']);
+    expect(held.effectiveRoles).toBeInstanceOf(Set);
+    expect([...held.effectiveRoles]).toEqual([...resolver.expand(['admin'])]);
+  });
+
+  it('is bounded: past max lists, values are fresh each time but just as correct and read-only', () => {
+    const interner = createRoleInterner(resolver, 1);
+    const first = interner.hold(['a']);
+    expect(interner.hold(['a'])).toBe(first);
+    const b1 = interner.hold(['admin']);
+    const b2 = interner.hold(['admin']);
+    expect(b2).not.toBe(b1);
+    expect(b2).toEqual(b1);
+    expect(sorted(b2.effectiveRoles)).toEqual(['admin', 'sandbox:invoke', 'sandbox:manage']);
+    expect(Object.isFrozen(b2.roles)).toBe(true);
+    expect(() => (b2.effectiveRoles as Set<string>).add('x')).toThrow(TypeError);
   });
 });
 

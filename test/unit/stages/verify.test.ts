@@ -7,6 +7,7 @@ import type { Principal } from '../../../src/core/types.js';
 import { createRoleResolver } from '../../../src/stages/roles.js';
 import {
   createVerifier,
+  tokenCacheKey,
   type IssuerRuntime,
   type Verifier,
   type VerifierDeps,
@@ -184,6 +185,22 @@ describe('verify: valid tokens', () => {
     // admin ⊇ sandbox:manage ⊇ sandbox:invoke
     expect([...p.effectiveRoles].sort()).toEqual(['admin', 'sandbox:invoke', 'sandbox:manage', 'viewer']);
     expect(p.claims.sub).toBe('alice');
+    expect(p.kid).toBe(key.kid);
+    expect(p.alg).toBe(alg);
+  });
+
+  it('gives principals read-only roles, shared between tokens with the same roles', async () => {
+    const { verifier } = setup();
+    const a = expectPrincipal(now(verifier.verify(await signToken(claims({ sub: 'a' }), { key: rsa }), SOURCE)));
+    const b = expectPrincipal(now(verifier.verify(await signToken(claims({ sub: 'b' }), { key: ec }), SOURCE)));
+    expect(b.roles).toBe(a.roles);
+    expect(b.effectiveRoles).toBe(a.effectiveRoles);
+    expect(Object.isFrozen(a.roles)).toBe(true);
+    expect(() => (a.effectiveRoles as Set<string>).add('root')).toThrow(TypeError);
+    const c = expectPrincipal(now(verifier.verify(await signToken(claims({ sub: 'c', resource_access: {} }), { key: rsa }), SOURCE)));
+    expect(c.roles).toEqual(['admin']);
+    expect([...c.effectiveRoles].sort()).toEqual(['admin', 'sandbox:invoke', 'sandbox:manage']);
+    expect([...a.effectiveRoles].sort()).toEqual(['admin', 'sandbox:invoke', 'sandbox:manage', 'viewer']);
   });
 
   it('computes the closure from a middle role only downwards', async () => {
@@ -653,6 +670,47 @@ describe('verify: cache', () => {
     expectPrincipal(now(verifier.verify(token, SOURCE)));
     expect(observer.hits).toHaveLength(2);
     expect(observer.misses).toBe(1);
+  });
+
+  it('keys the cache by the token\'s tail but serves an entry only to the very token it was made for', async () => {
+    const { verifier, observer } = setup();
+    const token = await signToken(claims(), { key: rsa });
+    const [h, , s] = token.split('.') as [string, string, string];
+    // Same signature (so same last characters), another payload: must not get alice's cached principal.
+    const forged = assemble(h, segment(claims({ sub: 'mallory' })), s);
+    expect(tokenCacheKey(forged)).toBe(tokenCacheKey(token));
+    expectPrincipal(now(verifier.verify(token, SOURCE)));
+    expectDenial(now(verifier.verify(forged, SOURCE)), 'signature_invalid');
+    expect(observer.hits).toEqual([]);
+    expect(observer.misses).toBe(2);
+    // the real token's entry is untouched by the forgery
+    expect(expectPrincipal(now(verifier.verify(token, SOURCE))).sub).toBe('alice');
+    expect(observer.hits).toEqual(['acme']);
+    expect(verifier.cacheSize()).toBe(1);
+    // dryRun (explain) too
+    expectDenial(now(verifier.verify(forged, SOURCE, true)), 'signature_invalid');
+    expect(verifier.cacheSize()).toBe(1);
+  });
+
+  it('leaves an entry to its own token: a token with the same tail neither uses nor removes it', async () => {
+    const fake = createFakeClock(T0);
+    const { verifier, observer } = setup({ fake });
+    const token = await signToken(claims({ exp: NOW_S + 60 }), { key: rsa });
+    expectPrincipal(now(verifier.verify(token, SOURCE)));
+    fake.advance(60_000 + SKEW_MS); // the cached entry is now expired: its own token would remove it
+    const [h, , s] = token.split('.') as [string, string, string];
+    const forged = assemble(h, segment(claims({ exp: NOW_S + 3600 })), s);
+    expectDenial(now(verifier.verify(forged, SOURCE)), 'signature_invalid');
+    expect(verifier.cacheSize()).toBe(1);
+    expectDenial(now(verifier.verify(token, SOURCE)), 'token_expired');
+    expect(verifier.cacheSize()).toBe(0);
+    expect(observer.hits).toEqual([]);
+  });
+
+  it('uses short tokens whole as their cache key', () => {
+    expect(tokenCacheKey('a.b.c')).toBe('a.b.c');
+    const long = `${'h'.repeat(40)}.${'p'.repeat(40)}.${'s'.repeat(10)}0123456789abcdefghijklmnopqrstuv`;
+    expect(tokenCacheKey(long)).toBe('0123456789abcdefghijklmnopqrstuv');
   });
 
   it('drops a cached token whose key was withdrawn', async () => {
