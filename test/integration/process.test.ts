@@ -101,7 +101,8 @@ describe('the portcullis process', () => {
     process.kill(p.pid, 'SIGHUP');
     await pollUntil('SIGHUP to apply the new config', async () => (await decide(tokenX)).decision === 'deny');
     expect((await decide(tokenY)).decision).toBe('allow');
-    expect(p.logs().some((l) => l.msg === 'configuration reloaded')).toBe(true);
+    // The new config answers checks a moment before its log line has crossed the pipe to us.
+    await pollUntil('the reload log line', () => p.logs().some((l) => l.msg === 'configuration reloaded'));
 
     // A broken file on SIGHUP is refused; the process keeps serving the last good config.
     writeConfig(p.configPath, 'listen: { grpc: nope }\n');
