@@ -24,7 +24,7 @@ import type { Policy } from './pipeline/policy.js';
 import { createCertWatcher, type CertWatcher } from './adapters/tls/cert-watcher.js';
 import { compileSpiffePatterns } from './stages/peer.js';
 import { createStageModules, type StageHealth } from './stages/registry.js';
-import { createVerifier, type IssuerRuntime, type Verifier } from './stages/verify.js';
+import { createVerifier, issuerRuntimeOf, type IssuerRuntime, type Verifier } from './stages/verify.js';
 
 /**
  * The composition root: the only place concrete dependencies (clock, fetch,
@@ -85,11 +85,6 @@ interface ManagedKeySource {
 }
 
 export const DEFAULT_CONFIG_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'config', 'default.yaml');
-
-function roleClaimPaths(i: IssuerConfig): string[][] {
-  if (i.roleClaims) return i.roleClaims.map((p) => (Array.isArray(p) ? p : p.split('.')));
-  return [['realm_access', 'roles'], ...i.audiences.map((a) => ['resource_access', a, 'roles'])];
-}
 
 export function createApp(opts: AppOptions = {}): App {
   const clock = opts.clock ?? systemClock;
@@ -206,16 +201,7 @@ export function createApp(opts: AppOptions = {}): App {
         throw new ConfigError([{ path: `issuers[${idx}]`, message: (err as Error).message }]);
       }
       sources.set(i.name, ks);
-      return {
-        name: i.name,
-        issuer: i.issuer,
-        audiences: new Set(i.audiences),
-        algorithms: new Set(i.algorithms),
-        roleClaims: roleClaimPaths(i),
-        subjectClaim: i.subjectClaim,
-        clockSkewMs: (i.clockSkewSeconds ?? config.defaults.clockSkewSeconds) * 1000,
-        keys: ks.source,
-      };
+      return issuerRuntimeOf(i, config.defaults.clockSkewSeconds, ks.source);
     });
     if (dev.enabled && addresses) {
       const d = await ensureDevIssuer(config, addresses.admin);

@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOn } from '../adapters/listen.js';
 
 /**
  * The admin port (loopback by default): metrics, health, readiness, the
@@ -66,17 +66,7 @@ export function createAdminServer(): AdminServer {
     route(method, path, handler) {
       routes.set(`${method} ${path}`, handler);
     },
-    listen(address) {
-      const i = address.lastIndexOf(':');
-      const host = address.slice(0, i).replace(/^\[|\]$/g, '');
-      return new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(Number(address.slice(i + 1)), host === '*' ? undefined : host, () => {
-          server.off('error', reject);
-          resolve(`${address.slice(0, i)}:${(server.address() as AddressInfo).port}`);
-        });
-      });
-    },
+    listen: (address) => listenOn(server, address),
     close() {
       return new Promise((resolve) => {
         server.close(() => resolve());

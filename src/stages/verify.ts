@@ -2,6 +2,7 @@ import type { KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { KeySource, ResolvedKey } from '../adapters/oidc/key-source.js';
 import { denial, isDenial, type Denial } from '../core/errors.js';
+import type { IssuerConfig } from '../config/schema.js';
 import type { Clock, Principal } from '../core/types.js';
 import { createJwsCodec, type ParsedJws } from './jws.js';
 import { createRoleInterner, extractRoles, type RoleResolver } from './roles.js';
@@ -16,6 +17,26 @@ export interface IssuerRuntime {
   subjectClaim: string;
   clockSkewMs: number;
   keys: KeySource;
+}
+
+/** Role claim paths of an issuer: as configured, or Keycloak's realm roles plus client roles of each audience. */
+export function roleClaimPaths(i: IssuerConfig): string[][] {
+  if (i.roleClaims) return i.roleClaims.map((p) => (Array.isArray(p) ? p : p.split('.')));
+  return [['realm_access', 'roles'], ...i.audiences.map((a) => ['resource_access', a, 'roles'])];
+}
+
+/** The hot-path form of one configured issuer, with its key source. */
+export function issuerRuntimeOf(i: IssuerConfig, defaultClockSkewSeconds: number, keys: KeySource): IssuerRuntime {
+  return {
+    name: i.name,
+    issuer: i.issuer,
+    audiences: new Set(i.audiences),
+    algorithms: new Set(i.algorithms),
+    roleClaims: roleClaimPaths(i),
+    subjectClaim: i.subjectClaim,
+    clockSkewMs: (i.clockSkewSeconds ?? defaultClockSkewSeconds) * 1000,
+    keys,
+  };
 }
 
 export type VerifyResult = Principal | Denial;

@@ -9,7 +9,7 @@ import {
   type OutgoingHttpHeaders,
   type ServerHttp2Stream,
 } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { listenOn } from '../listen.js';
 import type { TLSSocket } from 'node:tls';
 import { gunzipSync, inflateSync } from 'node:zlib';
 import { denial } from '../../core/errors.js';
@@ -308,17 +308,7 @@ export function createGrpcServer(deps: {
   server.on('sessionError', ignore);
 
   return {
-    listen(address) {
-      const i = address.lastIndexOf(':');
-      const host = address.slice(0, i).replace(/^\[|\]$/g, '');
-      return new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(Number(address.slice(i + 1)), host === '*' ? undefined : host, () => {
-          server.off('error', reject);
-          resolve(`${address.slice(0, i)}:${(server.address() as AddressInfo).port}`);
-        });
-      });
-    },
+    listen: (address) => listenOn(server, address),
     setServing(next) {
       serving = next;
       for (const [stream, w] of watches) {

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { listenOn } from '../listen.js';
 import type { TLSSocket } from 'node:tls';
 import { uriSans, type CertWatcher } from '../tls/cert-watcher.js';
 import type { CheckInput, Decision } from '../../core/types.js';
@@ -153,18 +153,7 @@ export function createHttpAuthzServer(deps: {
   } else server = createServer({ requireHostHeader: false }, onRequest);
   server.keepAliveTimeout = 65_000;
   return {
-    listen(address) {
-      const i = address.lastIndexOf(':');
-      const host = address.slice(0, i).replace(/^\[|\]$/g, '');
-      return new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(Number(address.slice(i + 1)), host === '*' ? undefined : host, () => {
-          server.off('error', reject);
-          const a = server.address() as AddressInfo;
-          resolve(`${address.slice(0, i)}:${a.port}`);
-        });
-      });
-    },
+    listen: (address) => listenOn(server, address),
     shutdown(graceMs) {
       draining = true;
       return new Promise((resolve) => {

@@ -8,7 +8,7 @@ import type { Allow, CheckInput, Decision, Deny } from '../../../src/core/types.
 import { createDecider, type Decider, type DecisionTrace } from '../../../src/pipeline/decide.js';
 import type { Policy } from '../../../src/pipeline/policy.js';
 import { createRoleResolver } from '../../../src/stages/roles.js';
-import { createVerifier, type IssuerRuntime, type Verifier } from '../../../src/stages/verify.js';
+import { createVerifier, issuerRuntimeOf, type IssuerRuntime, type Verifier } from '../../../src/stages/verify.js';
 import { createFakeClock } from '../../helpers/fake-clock.js';
 import { generateTestKey, rawToken, resolvedKeyOf, signToken, type TestKey } from '../../helpers/tokens.js';
 
@@ -75,11 +75,6 @@ beforeAll(async () => {
   ]);
 });
 
-function roleClaimPaths(i: Config['issuers'][number]): string[][] {
-  if (i.roleClaims) return i.roleClaims.map((p) => (Array.isArray(p) ? p : p.split('.')));
-  return [['realm_access', 'roles'], ...i.audiences.map((a) => ['resource_access', a, 'roles'])];
-}
-
 interface World {
   config: Config;
   policy: Policy;
@@ -94,16 +89,7 @@ function build(opts: { yaml?: string; keys?: (name: string, inner: KeySource) =>
   const clock = createFakeClock(T0).clock;
   const issuers: IssuerRuntime[] = config.issuers.map((i) => {
     const inner = createStaticKeySource([resolvedKeyOf(i.name === 'acme' ? acmeKey : globexKey)]);
-    return {
-      name: i.name,
-      issuer: i.issuer,
-      audiences: new Set(i.audiences),
-      algorithms: new Set(i.algorithms),
-      roleClaims: roleClaimPaths(i),
-      subjectClaim: i.subjectClaim,
-      clockSkewMs: (i.clockSkewSeconds ?? config.defaults.clockSkewSeconds) * 1000,
-      keys: opts.keys ? opts.keys(i.name, inner) : inner,
-    };
+    return issuerRuntimeOf(i, config.defaults.clockSkewSeconds, opts.keys ? opts.keys(i.name, inner) : inner);
   });
   const verifier =
     opts.verifier ??
