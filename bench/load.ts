@@ -116,7 +116,8 @@ const SETUP_INFO: Record<number, { key: string; title: string }> = {
   4: { key: 'pc-http', title: 'portcullis HTTP' },
   5: { key: 'opa', title: 'OPA ext_authz (gRPC)' },
   6: { key: 'pc-full', title: 'portcullis gRPC + ownership + exchange' },
-  7: { key: 'grpc-floor', title: 'node:http2 gRPC floor, no decision (BENCH_FLOOR=1)' },
+  7: { key: 'grpc-floor', title: 'gRPC transport floor, no decision (BENCH_FLOOR=1)' },
+  8: { key: 'http2-floor', title: 'node:http2 gRPC floor, no decision (BENCH_FLOOR=1)' },
 };
 
 function log(s: string): void {
@@ -275,7 +276,8 @@ async function main(): Promise<void> {
     /** portcullis's admin address (set-ups 3, 4, 6). */
     admin?: string;
   }
-  const order = [3, 1, 2, 4, 5, 6, 7].filter((s) => SETUPS.includes(s) || (s === 7 && process.env.BENCH_FLOOR === '1'));
+  const floor = (s: number): boolean => s === 7 || s === 8;
+  const order = [3, 1, 2, 4, 5, 6, 7, 8].filter((s) => SETUPS.includes(s) || (floor(s) && process.env.BENCH_FLOOR === '1'));
   const running: Running[] = [];
   try {
     // 1. Start every set-up; idle ones cost memory, not CPU, so they can all stay up and
@@ -307,9 +309,9 @@ async function main(): Promise<void> {
       else if (id === 5) {
         bootstrap = 'ext-authz-grpc.yaml';
         await spawnListening('opa', tools.opa, ['-addr', '127.0.0.1:0', '-policy', join(ROOT, 'bench', 'opa', 'policy.rego'), '-data', opaData]);
-      } else if (id === 7) {
+      } else if (floor(id)) {
         bootstrap = 'ext-authz-grpc.yaml';
-        await spawnListening('grpc-floor', process.execPath, [join(ROOT, 'dist', 'bench', 'grpc-floor.js')]);
+        await spawnListening(info.key, process.execPath, [join(ROOT, 'dist', 'bench', 'grpc-floor.js'), id === 7 ? 'lean' : 'http2']);
       } else {
         bootstrap = id === 4 ? 'ext-authz-http.yaml' : 'ext-authz-grpc.yaml';
         let full: { kubeconfig: string } | undefined;
@@ -333,12 +335,12 @@ async function main(): Promise<void> {
       const ok = await post(proxy.url, pathOf(0), first.token);
       const refused = await post(proxy.url, pathOf(0));
       if (ok !== 200) throw new Error(`set-up ${id}: a valid token got HTTP ${ok}`);
-      if (id !== 1 && id !== 7 && refused !== 401 && refused !== 403) throw new Error(`set-up ${id}: no token got HTTP ${refused}`);
+      if (id !== 1 && !floor(id) && refused !== 401 && refused !== 403) throw new Error(`set-up ${id}: no token got HTTP ${refused}`);
       const notes: string[] = [];
-      if (id !== 1 && id !== 7) notes.push(`smoke: valid token → ${ok}, no token → ${refused}`);
+      if (id !== 1 && !floor(id)) notes.push(`smoke: valid token → ${ok}, no token → ${refused}`);
       const pids: Record<string, number> = { envoy: proxy.pid, upstream: upstream.pid };
       if (authzPid !== undefined) pids.authz = authzPid;
-      const workloads: Workload[] = id === 1 || id === 7 ? ['same'] : id === 6 ? ['same', 'users'] : ['same', 'distinct'];
+      const workloads: Workload[] = id === 1 || floor(id) ? ['same'] : id === 6 ? ['same', 'users'] : ['same', 'distinct'];
       running.push({ id, key: info.key, title: info.title, proxy, pids, notes, workloads, admin });
     }
 

@@ -120,8 +120,12 @@ afterAll(async () => {
 });
 
 describe('ownership against a real API server', () => {
-  it('readiness reports the owner cache synced with the objects created', () => {
-    const stage = t.app.readiness().stages.find((s) => s.name === 'ownership:sandboxes');
+  it('readiness reports the owner cache synced with the objects created', async () => {
+    // Ready comes with the list; the watch that follows it connects a moment later (on a busy machine, later still).
+    const stage = await pollUntil('the owner cache watch connected', () => {
+      const s = t.app.readiness().stages.find((x) => x.name === 'ownership:sandboxes');
+      return s && (s.detail as { connected?: boolean } | undefined)?.connected ? s : undefined;
+    }, 30_000);
     expect(stage).toMatchObject({ ready: true, detail: { synced: true, connected: true, objects: 4 } });
   });
 

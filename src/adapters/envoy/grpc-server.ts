@@ -1,40 +1,35 @@
-import {
-  constants,
-  createSecureServer,
-  createServer,
-  type Http2SecureServer,
-  type Http2Server,
-  type Http2Session,
-  type IncomingHttpHeaders,
-  type OutgoingHttpHeaders,
-  type ServerHttp2Stream,
-} from 'node:http2';
-import { listenOn } from '../listen.js';
-import type { TLSSocket } from 'node:tls';
+import { createServer as createNetServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { gunzipSync, inflateSync } from 'node:zlib';
+import { listenOn } from '../listen.js';
 import { denial } from '../../core/errors.js';
 import type { CheckInput, Decision } from '../../core/types.js';
 import { toDeny } from '../../pipeline/decide.js';
 import { uriSans, type CertWatcher } from '../tls/cert-watcher.js';
 import { decodeCheckRequest, encodeCheckResponseFrame, toCheckInput } from './grpc-mapping.js';
 import { decodeHealthCheckRequest, healthResponseFrame, HealthStatus, type HealthStatusCode } from './grpc-health.js';
+import { H2Connection, type H2Handler, type H2Limits, type H2Stream } from './h2/connection.js';
+import { encodeHeaderBlock } from './h2/hpack.js';
 
 /**
  * portcullis's gRPC transport: the ext_authz `Check` call and the standard
- * `grpc.health.v1.Health` service, served straight on node:http2.
+ * `grpc.health.v1.Health` service, served on portcullis's own HTTP/2
+ * connection layer (`h2/connection.ts`, HPACK in `h2/hpack.ts`) over plain
+ * TCP or TLS (ALPN h2, client certificates required under mTLS).
  *
- * Why not @grpc/grpc-js's Server: it costs ≈ 120 µs of CPU per call on top of
- * node:http2 (call objects, interceptors, metadata conversion, deadline timers,
- * stream decoders), four times the decision itself, and on a machine where
- * Envoy and portcullis share cores every such microsecond is throughput lost
- * (docs/design/performance.md, "gRPC transport"). Both services here are
- * unary (plus Health/Watch, server-streaming), so the gRPC protocol they need
- * is small and is implemented in full below: length-prefixed messages (gzip
- * and deflate accepted), status in trailers, trailers-only errors, percent-
- * encoded grpc-message, HTTP 405/415 for requests that are not gRPC, a 4 MiB
- * message limit, GOAWAY-based drain. Real @grpc/grpc-js clients and Envoy
- * exercise it in the integration and end-to-end suites.
+ * Why not @grpc/grpc-js's Server, nor node:http2: grpc-js costs ≈ 120 µs of
+ * CPU per call on top of node:http2, and node:http2 itself ≈ 50 µs per call
+ * through Envoy (a Duplex per stream, header objects, events), against ≈ 7 µs
+ * for the lean framing (docs/design/performance.md, "gRPC transport"). Both
+ * services here are unary (plus Health/Watch, server-streaming), so the gRPC
+ * protocol they need is small and is implemented in full below:
+ * length-prefixed messages (gzip and deflate accepted), status in trailers,
+ * trailers-only errors, percent-encoded grpc-message, HTTP 405/415 for
+ * requests that are not gRPC, a 4 MiB message limit, GOAWAY-based drain.
+ * Real @grpc/grpc-js clients, node:http2 clients and Envoy exercise it in the
+ * unit, integration and end-to-end suites.
  */
+
 export type DecisionHandler = (input: CheckInput) => Decision | Promise<Decision>;
 
 export interface GrpcServer {
@@ -54,10 +49,24 @@ export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
 /** gRPC status codes used here (https://grpc.github.io/grpc/core/md_doc_statuscodes.html). */
 const Status = { OK: 0, NOT_FOUND: 5, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
 
-// Shared, never mutated: node:http2 copies header objects before sending them.
-const OK_HEADERS: OutgoingHttpHeaders = { [constants.HTTP2_HEADER_STATUS]: 200, 'content-type': 'application/grpc' };
-const OK_TRAILERS: OutgoingHttpHeaders = { 'grpc-status': '0' };
-const EMPTY = Buffer.alloc(0);
+type Fields = readonly (readonly [string, string])[];
+const OK_FIELDS: Fields = [
+  [':status', '200'],
+  ['content-type', 'application/grpc'],
+];
+/** HPACK blocks computed once: every OK response sends the same bytes. */
+const OK_HEADERS = encodeHeaderBlock(OK_FIELDS);
+const OK_TRAILERS = encodeHeaderBlock([['grpc-status', '0']]);
+const METHOD_NOT_ALLOWED = encodeHeaderBlock([
+  [':status', '405'],
+  ['allow', 'POST'],
+]);
+const UNSUPPORTED_MEDIA_TYPE = encodeHeaderBlock([
+  [':status', '415'],
+  ['accept-post', 'application/grpc'],
+]);
+/** grpc-message is ours (never request data); long ones are cut so a status always fits one frame. */
+const MAX_GRPC_MESSAGE = 1024;
 
 /** Percent-encodes a grpc-message value (gRPC over HTTP/2: bytes outside 0x20–0x7E and '%'). */
 export function encodeGrpcMessage(message: string): string {
@@ -68,29 +77,23 @@ export function encodeGrpcMessage(message: string): string {
   return out;
 }
 
-function endWithStatus(stream: ServerHttp2Stream, code: number, message: string, extra?: OutgoingHttpHeaders): void {
-  if (stream.destroyed || stream.closed) return;
-  const status = { 'grpc-status': String(code), 'grpc-message': encodeGrpcMessage(message) };
+function endWithStatus(stream: H2Stream, code: number, message: string, extra?: Fields): void {
+  const status: [string, string][] = [
+    ['grpc-status', String(code)],
+    ['grpc-message', encodeGrpcMessage(message.length > MAX_GRPC_MESSAGE ? message.slice(0, MAX_GRPC_MESSAGE) : message)],
+  ];
   if (stream.headersSent) {
     // The response has started (a Watch stream): end it with these trailers.
-    stream.end();
-    stream.once('wantTrailers', () => stream.sendTrailers(status));
+    stream.end(encodeHeaderBlock(status));
     return;
   }
   // Trailers-Only: one HEADERS frame with the status, END_STREAM set.
-  stream.respond({ ...OK_HEADERS, ...extra, ...status }, { endStream: true });
-}
-
-function sendOkTrailers(this: ServerHttp2Stream): void {
-  this.sendTrailers(OK_TRAILERS);
+  stream.respond(encodeHeaderBlock([...OK_FIELDS, ...(extra ?? []), ...status]), undefined, undefined);
 }
 
 /** Sends one message and status OK; does nothing when the caller has gone (reset or closed). */
-function respondUnary(stream: ServerHttp2Stream, frame: Buffer): void {
-  if (stream.destroyed || stream.closed) return;
-  stream.respond(OK_HEADERS, { waitForTrailers: true });
-  stream.once('wantTrailers', sendOkTrailers);
-  stream.end(frame);
+function respondUnary(stream: H2Stream, frame: Buffer): void {
+  stream.respond(OK_HEADERS, frame, OK_TRAILERS);
 }
 
 function ignore(): void {}
@@ -99,7 +102,7 @@ export interface UnaryFailure {
   ok: false;
   code: number;
   message: string;
-  headers?: OutgoingHttpHeaders;
+  headers?: Fields;
 }
 export type UnaryResult = { ok: true; message: Buffer } | UnaryFailure;
 
@@ -130,46 +133,32 @@ export function unaryMessage(body: Buffer, encoding: string | undefined): UnaryR
     ok: false,
     code: Status.UNIMPLEMENTED,
     message: `message compression ${JSON.stringify(encoding ?? 'identity')} is not supported`,
-    headers: { 'grpc-accept-encoding': 'identity,deflate,gzip' },
+    headers: [['grpc-accept-encoding', 'identity,deflate,gzip']],
   };
 }
+
+const isGrpcContentType = (ct: string | undefined): boolean =>
+  ct !== undefined && (ct === 'application/grpc' || ct.startsWith('application/grpc+') || ct.startsWith('application/grpc;'));
 
 export function createGrpcServer(deps: {
   handle: DecisionHandler;
   onMalformed: () => Decision;
   /** mTLS: certificates from a watcher that follows file rotation; clients checked by their URI SANs. */
   tls?: { watcher: CertWatcher; clientAllowed: (uris: string[]) => boolean; onClientRefused: () => Decision };
+  /** HTTP/2 limits (tests); the defaults are in h2/connection.ts. */
+  limits?: Partial<H2Limits>;
 }): GrpcServer {
   const { handle, onMalformed, tls } = deps;
   const internal = (): Decision => toDeny(denial('internal_error', 'internal error'), 'portcullis');
-  let server: Http2Server | Http2SecureServer;
-  if (tls) {
-    const m = tls.watcher.current();
-    const secure = createSecureServer({ cert: m.cert, key: m.key, ca: m.ca, requestCert: true, rejectUnauthorized: true, allowHTTP1: false });
-    // New handshakes use the rotated files; open connections keep theirs.
-    tls.watcher.onChange((next) => secure.setSecureContext({ cert: next.cert, key: next.key, ca: next.ca }));
-    server = secure;
-  } else server = createServer();
-
-  const sessions = new Set<Http2Session>();
-  /** Whether a TLS session's client certificate is on the allowlist, decided once per connection. */
-  const allowed = new WeakMap<Http2Session, boolean>();
-  const watches = new Map<ServerHttp2Stream, { service: string; last: HealthStatusCode }>();
+  const connections = new Set<H2Connection>();
+  /** Whether a TLS connection's client certificate is on the allowlist, decided once per connection. */
+  const allowed = new WeakMap<H2Connection, boolean>();
+  const watches = new Map<H2Stream, { service: string; last: HealthStatusCode }>();
   let serving = false;
   let draining = false;
 
   const healthOf = (service: string): HealthStatusCode | undefined =>
     service === '' || service === AUTH_SERVICE_NAME ? (serving ? HealthStatus.SERVING : HealthStatus.NOT_SERVING) : undefined;
-
-  function clientAllowed(session: Http2Session | undefined): boolean {
-    if (!tls || !session) return !tls;
-    let ok = allowed.get(session);
-    if (ok === undefined) {
-      ok = tls.clientAllowed(uriSans((session.socket as TLSSocket).getPeerCertificate().subjectaltname));
-      allowed.set(session, ok);
-    }
-    return ok;
-  }
 
   function frameOf(d: Decision): Buffer {
     try {
@@ -179,8 +168,8 @@ export function createGrpcServer(deps: {
     }
   }
 
-  function check(stream: ServerHttp2Stream, message: Buffer | undefined): void {
-    if (tls && !clientAllowed(stream.session)) {
+  function check(stream: H2Stream, message: Buffer | undefined): void {
+    if (tls && allowed.get(stream.conn) !== true) {
       respondUnary(stream, frameOf(tls.onClientRefused()));
       return;
     }
@@ -211,7 +200,7 @@ export function createGrpcServer(deps: {
     } else respondUnary(stream, frameOf(d));
   }
 
-  function health(stream: ServerHttp2Stream, message: Buffer, watch: boolean): void {
+  function health(stream: H2Stream, message: Buffer, watch: boolean): void {
     let service: string;
     try {
       service = decodeHealthCheckRequest(message);
@@ -230,82 +219,72 @@ export function createGrpcServer(deps: {
       return;
     }
     const last = status ?? HealthStatus.SERVICE_UNKNOWN;
-    stream.respond(OK_HEADERS, { waitForTrailers: true });
-    stream.write(healthResponseFrame(last));
+    stream.sendHeaders(OK_HEADERS);
+    stream.sendData(healthResponseFrame(last));
     watches.set(stream, { service, last });
-    stream.once('close', () => watches.delete(stream));
+    stream.onCancel = () => watches.delete(stream);
   }
 
-  /** Reads a unary call's body, then hands its message (or a gRPC error) on. */
-  function readUnary(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, onMessage: (message: Buffer | undefined, failure: UnaryFailure | undefined) => void): void {
-    let first: Buffer | undefined;
-    let chunks: Buffer[] | undefined;
-    let size = 0;
-    let tooBig = false;
-    stream.on('data', (chunk: Buffer) => {
-      if (tooBig) return;
-      size += chunk.length;
-      if (size > MAX_MESSAGE_BYTES + 5) {
-        tooBig = true;
-        first = undefined;
-        chunks = undefined;
-        endWithStatus(stream, Status.RESOURCE_EXHAUSTED, `the request message is larger than ${MAX_MESSAGE_BYTES} bytes`);
-        // Stop the client sending the rest; the status above goes out first.
-        stream.close(constants.NGHTTP2_NO_ERROR);
-        return;
+  const handler: H2Handler = {
+    onHeaders(stream) {
+      if (stream.method !== 'POST') {
+        stream.respond(METHOD_NOT_ALLOWED, undefined, undefined);
+        return true;
       }
-      if (first === undefined) first = chunk;
-      else (chunks ??= [first]).push(chunk);
-    });
-    stream.on('end', () => {
-      if (tooBig) return;
-      const body = chunks ? Buffer.concat(chunks, size) : (first ?? EMPTY);
-      const enc = headers['grpc-encoding'];
-      const r = unaryMessage(body, typeof enc === 'string' && enc !== 'identity' ? enc : undefined);
-      if (r.ok) onMessage(r.message, undefined);
-      else onMessage(undefined, r);
-    });
-  }
-
-  function onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
-    // A stream the client resets must not take the process down.
-    stream.on('error', ignore);
-    const path = headers[constants.HTTP2_HEADER_PATH];
-    if (headers[constants.HTTP2_HEADER_METHOD] !== 'POST') {
-      stream.respond({ [constants.HTTP2_HEADER_STATUS]: 405, allow: 'POST' }, { endStream: true });
-      return;
-    }
-    const ct = headers[constants.HTTP2_HEADER_CONTENT_TYPE];
-    if (typeof ct !== 'string' || !(ct === 'application/grpc' || ct.startsWith('application/grpc+') || ct.startsWith('application/grpc;'))) {
-      stream.respond({ [constants.HTTP2_HEADER_STATUS]: 415, 'accept-post': 'application/grpc' }, { endStream: true });
-      return;
-    }
-    if (path === CHECK_PATH) {
-      readUnary(stream, headers, (message, failure) => {
+      if (!isGrpcContentType(stream.headers['content-type'])) {
+        stream.respond(UNSUPPORTED_MEDIA_TYPE, undefined, undefined);
+        return true;
+      }
+      const path = stream.path;
+      if (path === CHECK_PATH || path === HEALTH_CHECK_PATH || path === HEALTH_WATCH_PATH) return false;
+      endWithStatus(stream, Status.UNIMPLEMENTED, `unknown method ${path}`);
+      return true;
+    },
+    onRequest(stream, body) {
+      const enc = stream.headers['grpc-encoding'];
+      const r = unaryMessage(body, enc !== undefined && enc !== 'identity' ? enc : undefined);
+      if (stream.path === CHECK_PATH) {
         // Compression we cannot read is the client's protocol problem, reported as gRPC says;
         // every other failure to get a message is a malformed request, denied.
-        if (failure && failure.code === Status.UNIMPLEMENTED) endWithStatus(stream, failure.code, failure.message, failure.headers);
-        else check(stream, message);
-      });
-    } else if (path === HEALTH_CHECK_PATH || path === HEALTH_WATCH_PATH) {
-      readUnary(stream, headers, (message, failure) => {
-        if (failure || !message) endWithStatus(stream, failure?.code ?? Status.INTERNAL, failure?.message ?? 'no request message', failure?.headers);
-        else health(stream, message, path === HEALTH_WATCH_PATH);
-      });
-    } else {
-      endWithStatus(stream, Status.UNIMPLEMENTED, `unknown method ${String(path)}`);
-      stream.resume();
-    }
+        if (!r.ok && r.code === Status.UNIMPLEMENTED) endWithStatus(stream, r.code, r.message, r.headers);
+        else check(stream, r.ok ? r.message : undefined);
+      } else if (!r.ok) endWithStatus(stream, r.code, r.message, r.headers);
+      else health(stream, r.message, stream.path === HEALTH_WATCH_PATH);
+    },
+    onBodyTooLarge(stream) {
+      endWithStatus(stream, Status.RESOURCE_EXHAUSTED, `the request message is larger than ${MAX_MESSAGE_BYTES} bytes`);
+    },
+  };
+
+  function accept(socket: Socket): H2Connection {
+    const conn = new H2Connection({ socket, handler, limits: deps.limits, onClose: (c) => connections.delete(c) });
+    connections.add(conn);
+    if (draining) conn.close();
+    return conn;
   }
 
-  server.on('stream', onStream);
-  server.on('session', (session: Http2Session) => {
-    sessions.add(session);
-    session.on('error', ignore);
-    session.once('close', () => sessions.delete(session));
-    if (draining) session.close();
-  });
-  server.on('sessionError', ignore);
+  let server: Server;
+  if (tls) {
+    const m = tls.watcher.current();
+    const secure = createTlsServer({ cert: m.cert, key: m.key, ca: m.ca, requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] });
+    // New handshakes use the rotated files; open connections keep theirs.
+    tls.watcher.onChange((next) => secure.setSecureContext({ cert: next.cert, key: next.key, ca: next.ca }));
+    secure.on('secureConnection', (socket: TLSSocket) => {
+      // gRPC is HTTP/2 only: a client that did not negotiate h2 is dropped (as node:http2 does without allowHTTP1).
+      if (socket.alpnProtocol !== 'h2') {
+        socket.destroy();
+        return;
+      }
+      socket.setNoDelay(true);
+      const conn = accept(socket);
+      allowed.set(conn, tls.clientAllowed(uriSans(socket.getPeerCertificate().subjectaltname)));
+    });
+    secure.on('tlsClientError', ignore);
+    server = secure;
+  } else {
+    server = createNetServer({ noDelay: true }, (socket) => void accept(socket));
+  }
+  server.on('error', ignore);
 
   return {
     listen: (address) => listenOn(server, address),
@@ -313,9 +292,9 @@ export function createGrpcServer(deps: {
       serving = next;
       for (const [stream, w] of watches) {
         const s = healthOf(w.service) ?? HealthStatus.SERVICE_UNKNOWN;
-        if (s !== w.last && !stream.destroyed && !stream.closed) {
+        if (s !== w.last && !stream.cancelled) {
           w.last = s;
-          stream.write(healthResponseFrame(s));
+          stream.sendData(healthResponseFrame(s));
         }
       }
     },
@@ -332,18 +311,18 @@ export function createGrpcServer(deps: {
           resolve();
         };
         const timer = setTimeout(() => {
-          for (const s of sessions) s.destroy();
+          for (const c of connections) c.destroy();
           finish();
         }, graceMs);
         timer.unref();
         if (!server.listening) {
-          for (const s of sessions) s.destroy();
+          for (const c of connections) c.destroy();
           finish();
           return;
         }
         // No new connections; GOAWAY on every open one, whose in-flight calls finish.
         server.close(() => finish());
-        for (const s of sessions) s.close();
+        for (const c of connections) c.close();
       });
     },
   };
