@@ -5,7 +5,30 @@
  * can use port 0 everywhere. SIGTERM stops it (in-flight checks drain).
  * Usage: node dist/bench/portcullis-server.js CONFIG.yaml
  */
+import { writeFileSync } from 'node:fs';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { createApp } from '../src/app.js';
+
+// BENCH_GC_LOG=FILE: record every garbage-collection pause and write them, by kind, to FILE on exit
+// (diagnosing latency tails; the observer itself costs next to nothing per collection).
+const gcLog = process.env.BENCH_GC_LOG;
+const pauses: { kind: number; ms: number }[] = [];
+if (gcLog) {
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) pauses.push({ kind: ((e as unknown as { detail?: { kind?: number } }).detail)?.kind ?? 0, ms: e.duration });
+  }).observe({ entryTypes: ['gc'] });
+}
+function writeGcLog(): void {
+  if (!gcLog) return;
+  const kinds: Record<number, string> = { 1: 'scavenge', 2: 'mark-compact', 4: 'incremental', 8: 'weak-callbacks' };
+  const summary: Record<string, { count: number; totalMs: number; p50: number; p99: number; max: number }> = {};
+  for (const k of new Set(pauses.map((p) => p.kind))) {
+    const ms = pauses.filter((p) => p.kind === k).map((p) => p.ms).sort((a, b) => a - b);
+    const at = (q: number): number => Math.round((ms[Math.min(ms.length - 1, Math.floor(q * ms.length))] ?? 0) * 1000) / 1000;
+    summary[kinds[k] ?? String(k)] = { count: ms.length, totalMs: Math.round(ms.reduce((a, b) => a + b, 0)), p50: at(0.5), p99: at(0.99), max: at(1) };
+  }
+  writeFileSync(gcLog, `${JSON.stringify(summary, null, 2)}\n`);
+}
 
 const configPath = process.argv[2];
 if (!configPath) {
@@ -19,7 +42,10 @@ let stopping = false;
 const stop = (): void => {
   if (stopping) return;
   stopping = true;
-  void app.stop().then(() => process.exit(0));
+  void app.stop().then(() => {
+    writeGcLog();
+    process.exit(0);
+  });
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

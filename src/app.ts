@@ -285,27 +285,7 @@ export function createApp(opts: AppOptions = {}): App {
     if (d.kind === 'allow' && d.wouldDeny) {
       for (const w of d.wouldDeny) metrics.wouldDeny.inc({ route, requirement: w.requirement, reason: w.reason });
     }
-    if (ring.capacity > 0) {
-      // The ISO time string is built when the debug page reads the entry, not per decision.
-      const at = clock.now();
-      ring.push({
-        get time() {
-          return new Date(at).toISOString();
-        },
-        route,
-        decision: d.kind,
-        status: d.kind === 'deny' ? d.status : 200,
-        reason: reason || undefined,
-        sub: d.principal?.qualifiedSub,
-        tenant: d.principal?.issuerName,
-        method: input.method,
-        host: input.host,
-        path: input.path,
-        peer: input.peerPrincipal,
-        wouldDeny: d.kind === 'allow' ? d.wouldDeny?.map((w) => `${w.requirement}:${w.reason}`) : undefined,
-        latencyMs: Math.round(seconds * 1e6) / 1e3,
-      });
-    }
+    if (ring.capacity > 0) ring.record(d, input, clock.now(), seconds * 1e3);
     const rate = runtime?.config.log.decisionSampleRate ?? 1;
     // Shadow would-denies are always logged, like denies. Below info (e.g. log.level warn)
     // pino drops the line anyway: do not build it.

@@ -1,3 +1,5 @@
+import type { CheckInput, Decision } from '../core/types.js';
+
 /**
  * Recent decisions for the debug page: a fixed-size ring buffer of redacted
  * summaries (no tokens, no headers, no query strings). Filled only by real
@@ -28,32 +30,97 @@ export interface DecisionFilter {
 }
 
 export interface DecisionRing {
-  push(d: RecentDecision): void;
+  /**
+   * Records one decision. Runs on every request, so it allocates nothing:
+   * the ring's slots are preallocated columns, and the summary objects the
+   * debug page reads are built only by `list()`. (An object per decision,
+   * alive for the ring's length, survived young-generation collections and
+   * made them ≈ 3× longer; docs/design/performance.md, "Garbage".)
+   */
+  record(d: Decision, input: CheckInput, atMs: number, latencyMs: number): void;
   list(f: DecisionFilter): RecentDecision[];
   readonly capacity: number;
 }
 
+const ALLOW = 0;
+const DENY = 1;
+
 export function createDecisionRing(capacity: number): DecisionRing {
-  const buf: (RecentDecision | undefined)[] = new Array<RecentDecision | undefined>(capacity);
+  const at = new Float64Array(capacity);
+  const latency = new Float64Array(capacity);
+  const status = new Uint16Array(capacity);
+  const kind = new Uint8Array(capacity);
+  // References to strings that already exist (route names, reason codes, the principal's
+  // identity, the request's method/host/path/peer): no copies are made here.
+  const route: string[] = new Array<string>(capacity).fill('');
+  const reason: (string | undefined)[] = new Array<string | undefined>(capacity).fill(undefined);
+  const sub: (string | undefined)[] = new Array<string | undefined>(capacity).fill(undefined);
+  const tenant: (string | undefined)[] = new Array<string | undefined>(capacity).fill(undefined);
+  const method: string[] = new Array<string>(capacity).fill('');
+  const host: string[] = new Array<string>(capacity).fill('');
+  const path: string[] = new Array<string>(capacity).fill('');
+  const peer: (string | undefined)[] = new Array<string | undefined>(capacity).fill(undefined);
+  const wouldDeny: (readonly { requirement: string; reason: string }[] | undefined)[] = new Array<undefined>(capacity).fill(undefined);
   let next = 0;
+  let filled = 0;
+
+  function entry(i: number): RecentDecision {
+    const w = wouldDeny[i];
+    return {
+      time: new Date(at[i] as number).toISOString(),
+      route: route[i] as string,
+      decision: kind[i] === DENY ? 'deny' : 'allow',
+      status: status[i] as number,
+      reason: reason[i],
+      sub: sub[i],
+      tenant: tenant[i],
+      method: method[i] as string,
+      host: host[i] as string,
+      path: path[i] as string,
+      peer: peer[i],
+      wouldDeny: w?.map((x) => `${x.requirement}:${x.reason}`),
+      latencyMs: Math.round((latency[i] as number) * 1e3) / 1e3,
+    };
+  }
+
   return {
     capacity,
-    push(d) {
+    record(d, input, atMs, latencyMs) {
       if (capacity === 0) return;
-      buf[next] = d;
-      next = (next + 1) % capacity;
+      const i = next;
+      at[i] = atMs;
+      latency[i] = latencyMs;
+      route[i] = d.route ?? '(none)';
+      method[i] = input.method;
+      host[i] = input.host;
+      path[i] = input.path;
+      peer[i] = input.peerPrincipal;
+      sub[i] = d.principal?.qualifiedSub;
+      tenant[i] = d.principal?.issuerName;
+      if (d.kind === 'deny') {
+        kind[i] = DENY;
+        status[i] = d.status;
+        reason[i] = d.reason;
+        wouldDeny[i] = undefined;
+      } else {
+        kind[i] = ALLOW;
+        status[i] = 200;
+        reason[i] = undefined;
+        wouldDeny[i] = d.wouldDeny;
+      }
+      next = i + 1 === capacity ? 0 : i + 1;
+      if (filled < capacity) filled++;
     },
     list(f) {
       const out: RecentDecision[] = [];
       const limit = f.limit ?? capacity;
-      for (let i = 0; i < capacity && out.length < limit; i++) {
-        const d = buf[(next - 1 - i + capacity * 2) % capacity];
-        if (!d) break;
-        if (f.route && d.route !== f.route) continue;
-        if (f.decision && d.decision !== f.decision) continue;
-        if (f.reason && d.reason !== f.reason) continue;
-        if (f.sub && !(d.sub ?? '').includes(f.sub)) continue;
-        out.push(d);
+      for (let n = 0; n < filled && out.length < limit; n++) {
+        const i = (next - 1 - n + capacity * 2) % capacity;
+        if (f.route && route[i] !== f.route) continue;
+        if (f.decision && (kind[i] === DENY ? 'deny' : 'allow') !== f.decision) continue;
+        if (f.reason && reason[i] !== f.reason) continue;
+        if (f.sub && !(sub[i] ?? '').includes(f.sub)) continue;
+        out.push(entry(i));
       }
       return out;
     },
