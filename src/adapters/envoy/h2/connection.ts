@@ -18,13 +18,18 @@ import { createHpackDecoder, HpackError, type HpackDecoder } from './hpack.js';
  * values; stream id rules; HPACK through a bounded decoder (header list and
  * header block size limits, so CONTINUATION floods end the connection);
  * flow control in both directions (a client's DATA beyond our windows is a
- * FLOW_CONTROL_ERROR; our own DATA waits for the client's windows); the
- * concurrent stream limit, where a stream the client resets keeps its slot
- * until our work on it ends (so "rapid reset" cannot queue unbounded work);
- * a client that does not read what it asks for (PING and SETTINGS floods
- * included: their answers are bounded output), empty DATA and CONTINUATION
- * floods end the connection with ENHANCE_YOUR_CALM. Malformed requests (RFC 9113 §8.2, §8.3) are reset with
- * PROTOCOL_ERROR.
+ * FLOW_CONTROL_ERROR; our own DATA waits for the client's windows, and is
+ * split to fit them); the concurrent stream limit, where a reset stream (reset
+ * by the client, or by us for its protocol error) keeps its slot until our
+ * work on it ends (so "rapid reset" cannot queue unbounded work); a client
+ * that does not read what it asks for (PING and SETTINGS floods included:
+ * their answers are bounded output), empty DATA and CONTINUATION floods end
+ * the connection with ENHANCE_YOUR_CALM. Malformed requests (RFC 9113 §8.2,
+ * §8.3, a content-length that does not match the body) are reset with
+ * PROTOCOL_ERROR. Stream states (RFC 9113 §5.1): frames the client had in
+ * flight on a stream we reset are ignored; DATA on a stream the client has
+ * ended or reset is a STREAM_CLOSED stream error, HEADERS there a connection
+ * error. h2spec (test/e2e/h2spec.test.ts) runs against this layer.
  */
 
 export const FrameType = {
@@ -65,6 +70,17 @@ const DEFAULT_WINDOW = 65_535;
 const MAX_WINDOW = 0x7fff_ffff;
 const DEFAULT_MAX_FRAME = 16_384;
 const EMPTY = Buffer.alloc(0);
+/** The dynamic table size our peer's HPACK decoder starts with (RFC 7541 §4.2, SETTINGS_HEADER_TABLE_SIZE default). */
+const DEFAULT_HEADER_TABLE_SIZE = 4096;
+/** A dynamic table size update to 0 (RFC 7541 §6.3): `001` + 5-bit integer 0. */
+const TABLE_SIZE_UPDATE_ZERO = Buffer.from([0x20]);
+/**
+ * How many of the streams we reset are remembered, so that the frames a client
+ * had already sent on them are ignored (RFC 9113 §5.1, "closed") rather than
+ * answered as errors. Bounded: a client that makes us reset more streams than
+ * this gets STREAM_CLOSED for frames on the oldest ones.
+ */
+const RECENT_RESETS = 1024;
 /** Request header names a client must not send (RFC 9113 §8.2.2). */
 const CONNECTION_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
 
@@ -98,6 +114,9 @@ export interface H2Handler {
   onBodyTooLarge(stream: H2Stream): void;
 }
 
+/** Output of one stream waiting for flow-control windows: DATA (split as the windows allow) or a header block (trailers). */
+type Pending = { headers: false; data: Buffer; end: boolean } | { headers: true; block: Buffer; end: boolean };
+
 const enum State {
   /** Receiving the request (headers done, body may follow). */
   Open,
@@ -127,8 +146,14 @@ export class H2Stream {
   onCancel: (() => void) | undefined = undefined;
   /** @internal */ sendWindow: number;
   /** @internal */ recvWindow: number;
-  /** @internal frames waiting for send window (DATA, and whatever must follow it). */
-  pending: Buffer[] | undefined = undefined;
+  /** @internal output waiting for send window (DATA, and the trailers that must follow it), in order. */
+  pending: Pending[] | undefined = undefined;
+  /** @internal the stream is on the connection's list of streams waiting for a window. */
+  blocked = false;
+  /** @internal the request was handed to onRequest and the handler has not answered yet (its slot is kept even if the stream is reset). */
+  awaiting = false;
+  /** @internal the request's content-length, or -1 (RFC 9113 §8.1.1: it must match the DATA received). */
+  contentLength = -1;
   /** @internal */ body: Buffer | undefined = undefined;
   /** @internal */ chunks: Buffer[] | undefined = undefined;
   /** @internal bytes of DATA received and not yet returned to the connection window. */
@@ -267,6 +292,18 @@ export class H2Connection {
   private hbRefused = false;
 
 
+  /**
+   * RFC 7541 §4.2: once the client lowers SETTINGS_HEADER_TABLE_SIZE below the
+   * table size our encoder may use, the next header block we send must start
+   * with a dynamic table size update (nghttp2-based clients refuse the block
+   * otherwise). Our encoder never indexes, so it signals 0 once and is then
+   * below any value the client can set.
+   */
+  private encoderTableSize = DEFAULT_HEADER_TABLE_SIZE;
+  private tableSizeUpdatePending = false;
+  /** Streams we sent RST_STREAM on, oldest first (bounded by RECENT_RESETS). */
+  private readonly resetSent = new Set<number>();
+
   private goawaySent = false;
   /** Graceful shutdown: new streams refused, socket ended once the last stream closes. */
   private closing = false;
@@ -345,20 +382,21 @@ export class H2Connection {
   respond(st: H2Stream, headerBlock: Buffer, data: Buffer | undefined, trailerBlock: Buffer | undefined): void {
     if (st.cancelled || st.headersSent || this.closed) return this.release(st);
     st.headersSent = true;
+    const hb = this.outgoingBlock(headerBlock);
     if (!trailerBlock && (!data || data.length === 0)) {
       // Trailers-only (or a bodiless HTTP error).
-      this.push(headersFrames(st.id, headerBlock, true, this.peerMaxFrame));
+      this.push(headersFrames(st.id, hb, true, this.peerMaxFrame));
       this.finishLocal(st);
       return;
     }
     if (data && data.length > 0 && data.length <= st.sendWindow && data.length <= this.connSendWindow && data.length <= this.peerMaxFrame && !st.pending && trailerBlock) {
       // The common case: headers, one DATA frame and trailers in one buffer.
-      const hl = headerBlock.length;
+      const hl = hb.length;
       const tl = trailerBlock.length;
       if (hl <= this.peerMaxFrame && tl <= this.peerMaxFrame) {
         const b = Buffer.allocUnsafe(27 + hl + data.length + tl);
         frameHeader(b, 0, hl, FrameType.HEADERS, Flag.END_HEADERS, st.id);
-        headerBlock.copy(b, 9);
+        hb.copy(b, 9);
         let at = 9 + hl;
         frameHeader(b, at, data.length, FrameType.DATA, 0, st.id);
         data.copy(b, at + 9);
@@ -372,9 +410,16 @@ export class H2Connection {
         return;
       }
     }
-    this.push(headersFrames(st.id, headerBlock, false, this.peerMaxFrame));
+    this.push(headersFrames(st.id, hb, false, this.peerMaxFrame));
     if (data && data.length > 0) this.sendData(st, data, !trailerBlock);
     if (trailerBlock) this.sendHeaders(st, trailerBlock, true);
+  }
+
+  /** A header block about to be sent, behind the dynamic table size update it owes the client, if any (RFC 7541 §4.2). */
+  private outgoingBlock(block: Buffer): Buffer {
+    if (!this.tableSizeUpdatePending) return block;
+    this.tableSizeUpdatePending = false;
+    return Buffer.concat([TABLE_SIZE_UPDATE_ZERO, block]);
   }
 
   /** @internal */
@@ -384,78 +429,98 @@ export class H2Connection {
       if (st.headersSent) return;
       st.headersSent = true;
     }
-    const frames = headersFrames(st.id, block, endStream, this.peerMaxFrame);
     if (st.pending) {
       // Trailers wait behind DATA that waits for a window.
-      st.pending.push(frames);
-      this.queuedBytes += frames.length;
+      st.pending.push({ headers: true, block, end: endStream });
+      this.queuedBytes += 9 + block.length;
       if (endStream) st.ended = true;
       return;
     }
-    this.push(frames);
+    this.push(headersFrames(st.id, this.outgoingBlock(block), endStream, this.peerMaxFrame));
     if (endStream) this.finishLocal(st);
   }
 
   /** @internal */
   sendData(st: H2Stream, data: Buffer, endStream: boolean): void {
     if (st.cancelled || st.ended || this.closed) return this.release(st);
-    for (let at = 0; at < data.length || (at === 0 && data.length === 0); ) {
-      const n = Math.min(data.length - at, this.peerMaxFrame);
-      const last = at + n >= data.length;
-      const f = frame(FrameType.DATA, last && endStream ? Flag.END_STREAM : 0, st.id, data.subarray(at, at + n));
-      if (!st.pending && n <= st.sendWindow && n <= this.connSendWindow) {
-        st.sendWindow -= n;
-        this.connSendWindow -= n;
-        this.push(f);
-      } else {
-        if (!st.pending) {
-          st.pending = [];
-          this.blocked.push(st);
-        }
-        st.pending.push(f);
-        this.queuedBytes += f.length;
-        if (this.queuedBytes > this.limits.maxQueuedOutputBytes) {
-          this.fail(new ConnectionError(H2Error.ENHANCE_YOUR_CALM, 'the client keeps its flow-control windows closed'));
-          return;
-        }
-      }
-      at += n;
-      if (n === 0) break;
+    const n = data.length;
+    if (!st.pending && n <= st.sendWindow && n <= this.connSendWindow && n <= this.peerMaxFrame) {
+      st.sendWindow -= n;
+      this.connSendWindow -= n;
+      this.push(frame(FrameType.DATA, endStream ? Flag.END_STREAM : 0, st.id, data));
+      if (endStream) this.finishLocal(st);
+      return;
     }
-    if (endStream) {
-      if (st.pending) st.ended = true;
-      else this.finishLocal(st);
+    (st.pending ??= []).push({ headers: false, data, end: endStream });
+    this.queuedBytes += 9 + n;
+    if (endStream) st.ended = true;
+    // Whatever the windows allow goes now (split into frames, a window smaller than the message
+    // still gets a partial frame); the rest waits for WINDOW_UPDATE.
+    if (this.drainStream(st)) return;
+    if (!st.blocked) {
+      st.blocked = true;
+      this.blocked.push(st);
+    }
+    if (this.queuedBytes > this.limits.maxQueuedOutputBytes) {
+      this.fail(new ConnectionError(H2Error.ENHANCE_YOUR_CALM, 'the client keeps its flow-control windows closed'));
     }
   }
 
-  /** Sends what waits for flow-control windows, in order, as far as the windows allow. */
+  /**
+   * Sends the stream's waiting output, in order, as far as the windows allow:
+   * DATA is split to the space available (RFC 9113 §6.9.1: a client may keep its
+   * window below one message; waiting for a whole frame to fit could wait forever).
+   * Returns true when nothing waits any more.
+   */
+  private drainStream(st: H2Stream): boolean {
+    const q = st.pending;
+    if (!q || st.cancelled) {
+      st.pending = undefined;
+      return true;
+    }
+    while (q.length > 0) {
+      const e = q[0] as Pending;
+      if (e.headers) {
+        q.shift();
+        this.queuedBytes -= 9 + e.block.length;
+        this.push(headersFrames(st.id, this.outgoingBlock(e.block), e.end, this.peerMaxFrame));
+        continue;
+      }
+      const len = e.data.length;
+      if (len > 0) {
+        const room = Math.min(st.sendWindow, this.connSendWindow, this.peerMaxFrame);
+        if (room <= 0) break;
+        if (room < len) {
+          this.push(frame(FrameType.DATA, 0, st.id, e.data.subarray(0, room)));
+          e.data = e.data.subarray(room);
+          this.queuedBytes -= room;
+          st.sendWindow -= room;
+          this.connSendWindow -= room;
+          continue;
+        }
+      }
+      q.shift();
+      this.queuedBytes -= 9 + len;
+      st.sendWindow -= len;
+      this.connSendWindow -= len;
+      this.push(frame(FrameType.DATA, e.end ? Flag.END_STREAM : 0, st.id, e.data));
+    }
+    if (q.length > 0) return false;
+    st.pending = undefined;
+    if (st.ended) {
+      st.ended = false;
+      this.finishLocal(st);
+    }
+    return true;
+  }
+
+  /** Sends what waits for flow-control windows, stream by stream in the order they blocked, as far as the windows allow. */
   private drainBlocked(): void {
     if (this.blocked.length === 0) return;
     const still: H2Stream[] = [];
     for (const st of this.blocked) {
-      const q = st.pending;
-      if (!q || st.cancelled) {
-        st.pending = undefined;
-        continue;
-      }
-      while (q.length > 0) {
-        const f = q[0] as Buffer;
-        const isData = f[3] === FrameType.DATA;
-        const n = isData ? f.length - 9 : 0;
-        if (isData && (n > st.sendWindow || n > this.connSendWindow)) break;
-        q.shift();
-        this.queuedBytes -= f.length;
-        st.sendWindow -= n;
-        this.connSendWindow -= n;
-        this.push(f);
-      }
-      if (q.length === 0) {
-        st.pending = undefined;
-        if (st.ended) {
-          st.ended = false;
-          this.finishLocal(st);
-        }
-      } else still.push(st);
+      if (this.drainStream(st)) st.blocked = false;
+      else still.push(st);
     }
     this.blocked = still;
   }
@@ -465,7 +530,7 @@ export class H2Connection {
     st.ended = true;
     if (st.state === State.Open) {
       // Answered before the client finished sending: ask it to stop without error (RFC 9113 §8.1).
-      this.push(u32Frame(FrameType.RST_STREAM, st.id, H2Error.NO_ERROR));
+      this.sendReset(st.id, H2Error.NO_ERROR);
     }
     this.closeStream(st);
   }
@@ -560,6 +625,8 @@ export class H2Connection {
     this.inTurn = false;
     this.flush();
     this.inTurn = was;
+    // That write may have found the client not reading and failed the connection already.
+    if (this.closed) return;
     for (const st of this.streams.values()) this.cancel(st);
     this.streams.clear();
     this.active = 0;
@@ -573,7 +640,7 @@ export class H2Connection {
   private cancel(st: H2Stream): void {
     if (st.cancelled) return;
     st.cancelled = true;
-    if (st.pending) for (const f of st.pending) this.queuedBytes -= f.length;
+    if (st.pending) for (const e of st.pending) this.queuedBytes -= 9 + (e.headers ? e.block.length : e.data.length);
     st.pending = undefined;
     const cb = st.onCancel;
     st.onCancel = undefined;
@@ -655,12 +722,17 @@ export class H2Connection {
         return this.onWindowUpdate(sid, b, start, end);
       case FrameType.RST_STREAM:
         return this.onRstStream(sid, b, start, end);
-      case FrameType.PRIORITY:
+      case FrameType.PRIORITY: {
         if (sid === 0) throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'PRIORITY on stream 0');
-        if (end - start !== 5) return this.resetStream(sid, H2Error.FRAME_SIZE_ERROR);
-        return;
+        // Stream errors; on a stream that is still idle a RST_STREAM is not allowed (RFC 9113 §6.4), so the connection goes.
+        const code = end - start !== 5 ? H2Error.FRAME_SIZE_ERROR : (b.readUInt32BE(start) & MAX_WINDOW) === sid ? H2Error.PROTOCOL_ERROR : H2Error.NO_ERROR;
+        if (code === H2Error.NO_ERROR) return; // priorities are ignored (RFC 9113 §5.3.2)
+        if (sid > this.lastStreamId) throw new ConnectionError(code, 'invalid PRIORITY frame on an idle stream');
+        return this.resetStream(sid, code);
+      }
       case FrameType.GOAWAY:
         if (sid !== 0) throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'GOAWAY on a stream');
+        if (end - start < 8) throw new ConnectionError(H2Error.FRAME_SIZE_ERROR, 'GOAWAY shorter than 8 bytes');
         // The client opens no more streams; finish what is open, then close.
         this.closing = true;
         if (this.streams.size === 0) this.endSocket();
@@ -696,7 +768,12 @@ export class H2Connection {
         if (v < DEFAULT_MAX_FRAME || v > 0xffffff) throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'SETTINGS_MAX_FRAME_SIZE out of range');
         this.peerMaxFrame = v;
       }
-      // HEADER_TABLE_SIZE: our encoder never indexes, so any table size is honoured. Others: nothing to do.
+      else if (id === Setting.HEADER_TABLE_SIZE && v < this.encoderTableSize) {
+        // Our encoder never indexes; it owes the client a size update (to 0) at the start of its next header block.
+        this.encoderTableSize = 0;
+        this.tableSizeUpdatePending = true;
+      }
+      // Others: nothing to do.
     }
     this.push(frame(FrameType.SETTINGS, Flag.ACK, 0, EMPTY));
   }
@@ -711,9 +788,10 @@ export class H2Connection {
       return;
     }
     if (sid > this.lastStreamId) throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'WINDOW_UPDATE on an idle stream');
-    const st = this.streams.get(sid);
-    if (!st) return; // a closed stream
+    // An increment of 0 is a stream error whatever the stream's state (RFC 9113 §6.9).
     if (inc === 0) return this.resetStream(sid, H2Error.PROTOCOL_ERROR);
+    const st = this.streams.get(sid);
+    if (!st) return; // a closed stream: WINDOW_UPDATE may still arrive (RFC 9113 §5.1)
     st.sendWindow += inc;
     if (st.sendWindow > MAX_WINDOW) return this.resetStream(sid, H2Error.FLOW_CONTROL_ERROR);
   }
@@ -723,29 +801,39 @@ export class H2Connection {
     if (end - start !== 4) throw new ConnectionError(H2Error.FRAME_SIZE_ERROR, 'RST_STREAM payload is not 4 bytes');
     if (sid > this.lastStreamId) throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'RST_STREAM on an idle stream');
     const st = this.streams.get(sid);
-    if (!st) return;
+    if (st) this.endStreamNow(st);
+  }
+
+  /**
+   * The stream is over for the client (reset, by it or by us): anything we send on it is
+   * dropped. Its slot stays taken while our work on the request is still running (it is
+   * released when the handler answers: "rapid reset" cannot queue unbounded work);
+   * otherwise it is free now.
+   */
+  private endStreamNow(st: H2Stream): void {
+    const working = st.awaiting && !st.headersSent;
+    this.cancel(st);
+    if (!working) return this.closeStream(st);
+    st.state = State.Closed;
     this.returnHeld(st);
     st.body = undefined;
     st.chunks = undefined;
-    const handedOver = st.state === State.HalfClosedRemote;
-    st.state = State.Closed;
-    this.cancel(st);
-    // The slot stays taken while our work on the request is still running (a handed-over
-    // request is released when its handler answers); otherwise it is free now.
-    if (!handedOver || st.headersSent) {
-      this.streams.delete(sid);
-      this.active--;
-      if (this.closing && this.streams.size === 0) this.endSocket();
-    }
   }
 
-  /** A stream error: RST_STREAM to the client, the stream is gone. */
+  /** A stream error: RST_STREAM to the client, the stream is over. */
   private resetStream(sid: number, code: number): void {
-    this.push(u32Frame(FrameType.RST_STREAM, sid, code));
+    this.sendReset(sid, code);
     const st = this.streams.get(sid);
-    if (st) {
-      this.cancel(st);
-      this.closeStream(st);
+    if (st) this.endStreamNow(st);
+  }
+
+  /** Sends RST_STREAM and remembers it: what the client had already sent on the stream is then ignored. */
+  private sendReset(sid: number, code: number): void {
+    this.push(u32Frame(FrameType.RST_STREAM, sid, code));
+    this.resetSent.add(sid);
+    if (this.resetSent.size > RECENT_RESETS) {
+      const oldest = this.resetSent.values().next();
+      if (!oldest.done) this.resetSent.delete(oldest.value);
     }
   }
 
@@ -766,10 +854,13 @@ export class H2Connection {
     }
     const st = this.streams.get(sid);
     if (!st || st.state !== State.Open) {
-      // A stream we closed or reset: its flow-control bytes still count, the data is dropped.
+      // Not open: its flow-control bytes still count, the data is dropped.
       this.consumed(length);
-      if (st && st.state === State.HalfClosedRemote) this.resetStream(sid, H2Error.STREAM_CLOSED);
-      return;
+      // After our RST_STREAM, frames the client had already sent are ignored (RFC 9113 §5.1).
+      if (this.resetSent.has(sid)) return;
+      // Half-closed (remote) or closed by the client's END_STREAM or RST_STREAM: STREAM_CLOSED (RFC 9113 §5.1, §6.1).
+      if (st) return this.resetStream(sid, H2Error.STREAM_CLOSED);
+      return this.sendReset(sid, H2Error.STREAM_CLOSED);
     }
     st.recvWindow -= length;
     if (st.recvWindow < 0) {
@@ -784,6 +875,7 @@ export class H2Connection {
       if (n === 0 && !endStream && ++st.emptyFrames > 64) throw new ConnectionError(H2Error.ENHANCE_YOUR_CALM, 'a flood of empty DATA frames');
       if (n > 0) {
         st.bodySize += n;
+        if (st.contentLength >= 0 && st.bodySize > st.contentLength) return this.resetStream(sid, H2Error.PROTOCOL_ERROR);
         if (st.bodySize > this.limits.maxBodyBytes) {
           st.discard = true;
           st.body = undefined;
@@ -811,14 +903,19 @@ export class H2Connection {
       if (st.ended) this.closeStream(st);
       return;
     }
+    // RFC 9113 §8.1.1: a content-length that is not the body's length makes the request malformed.
+    if (st.contentLength >= 0 && st.contentLength !== st.bodySize) return this.resetStream(st.id, H2Error.PROTOCOL_ERROR);
     const body = st.chunks ? Buffer.concat(st.chunks, st.bodySize) : (st.body ?? EMPTY);
     st.body = undefined;
     st.chunks = undefined;
     // The request is ours now: its bytes go back to the connection window.
     this.returnHeld(st);
+    st.awaiting = true;
     try {
       this.handler.onRequest(st, body);
     } catch {
+      // The handler has nothing running for this stream: its slot is freed with the reset.
+      st.awaiting = false;
       this.resetStream(st.id, H2Error.INTERNAL_ERROR);
     }
   }
@@ -865,8 +962,12 @@ export class H2Connection {
         // Request trailers: they must end the stream; nothing portcullis reads.
         if (!endStream) throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'a second HEADERS that does not end the stream');
         this.hbTrailersOf = st;
-      } else if (st) throw new ConnectionError(H2Error.STREAM_CLOSED, 'HEADERS on a stream the client has ended');
-      // Otherwise a stream that is over (we reset it): the block is decoded to keep HPACK in step, then dropped.
+      } else if (this.resetSent.has(sid)) {
+        // A stream we reset: the client may have sent this before our RST_STREAM reached it. The block
+        // is decoded to keep HPACK in step, then dropped (RFC 9113 §5.1).
+      } else if (st) throw new ConnectionError(H2Error.STREAM_CLOSED, 'HEADERS on a stream the client has ended or reset');
+      // A stream that ended normally, or an id below the last one opened that was never used (RFC 9113 §5.1, §5.1.1).
+      else throw new ConnectionError(H2Error.PROTOCOL_ERROR, 'HEADERS on a closed stream or a lower stream id than the last');
     }
     this.addFragment(b, from, to, (flags & Flag.END_HEADERS) !== 0);
   }
@@ -902,7 +1003,7 @@ export class H2Connection {
     this.hbTarget = undefined;
     this.hbTrailersOf = undefined;
     if (this.hbRefused) {
-      this.push(u32Frame(FrameType.RST_STREAM, sid, H2Error.REFUSED_STREAM));
+      this.sendReset(sid, H2Error.REFUSED_STREAM);
       return;
     }
     if (trailersOf) {
@@ -912,7 +1013,14 @@ export class H2Connection {
     }
     if (!st) return;
     if (!this.hbMalformed && (st.method === '' || st.path === '' || st.scheme === '')) this.hbMalformed = 'a request needs :method, :scheme and :path';
+    const cl = st.headers['content-length'];
+    if (cl !== undefined && !this.hbMalformed) {
+      if (/^[0-9]{1,15}$/.test(cl)) st.contentLength = Number(cl);
+      else this.hbMalformed = 'invalid content-length';
+    }
     if (this.hbMalformed) return this.resetStream(sid, H2Error.PROTOCOL_ERROR);
+    // The client's END_STREAM came with the headers: an answer from onHeaders closes the stream, no RST_STREAM needed.
+    if (this.hbEndStream) st.state = State.HalfClosedRemote;
     let answered: boolean;
     try {
       answered = this.handler.onHeaders(st);
