@@ -1,11 +1,11 @@
 import { denial, isDenial, type Denial } from '../core/errors.js';
 import type { CheckInput, Decision, Deny, HeaderToSet, Principal, WouldDeny } from '../core/types.js';
 import { collectCandidates, type Candidate, type SourceNote } from '../stages/credentials.js';
-import { headersToRemove, principalMetadata, renderHeaders } from '../stages/response.js';
+import { headersToRemove, principalMetadata, renderRouteHeaders } from '../stages/response.js';
 import { checkRoles } from '../stages/roles.js';
 import type { Verifier, VerifyResult } from '../stages/verify.js';
 import type { CompiledRoute, Policy } from './policy.js';
-import { splitRequestPath } from './route-table.js';
+import { splitRequestPath, type Matched } from './route-table.js';
 import type { RouteStage, StageContext, StageOutput, StageResult } from './stage.js';
 
 /**
@@ -94,7 +94,8 @@ function failureRank(d: Denial): number {
 interface Eval {
   input: CheckInput;
   route: CompiledRoute;
-  params: Readonly<Record<string, string>>;
+  /** The route match; its `params` are read only where needed (a table match builds them on first read). */
+  matched: Matched<CompiledRoute>;
   trace: DecisionTrace | undefined;
   dryRun: boolean;
   wouldDeny: WouldDeny[] | undefined;
@@ -147,7 +148,7 @@ function stageContext(ev: Eval, principal: Principal | undefined): StageContext 
   return {
     input: ev.input,
     routeName: ev.route.name,
-    params: ev.params,
+    params: ev.matched.params,
     principal,
     trace: ev.trace ? (ev.trace.stages ??= {}) : undefined,
     dryRun: ev.dryRun,
@@ -160,7 +161,7 @@ export function createDecider(deps: DeciderDeps): Decider {
 
   function allow(ev: Eval, principal: Principal | undefined, outputs: readonly StageOutput[] = []): Decision {
     const { input, route } = ev;
-    let set = renderHeaders(route.headers, principal, route.name, ev.params);
+    let set = renderRouteHeaders(route.headers, principal, route.name, ev.matched);
     let extraRemove: string[] | undefined;
     let extraMeta: Record<string, string | string[]> | undefined;
     for (const o of outputs) {
@@ -304,24 +305,22 @@ export function createDecider(deps: DeciderDeps): Decider {
   }
 
   function run(input: CheckInput, trace: DecisionTrace | undefined, dryRun: boolean): Decision | Promise<Decision> {
-    let route: CompiledRoute | undefined;
-    let params: Readonly<Record<string, string>> = {};
+    let matched: Matched<CompiledRoute> | undefined;
     const named = input.contextExtensions.get(policy.routeContextKey);
     if (named !== undefined) {
-      route = policy.table.byName(named);
+      const byName = policy.table.byName(named);
       if (trace) trace.route = { name: named, by: 'context_extensions' };
-      if (!route) {
+      if (!byName) {
         if (trace) trace.deniedBy = 'route';
         return toDeny(denial('no_route', `Envoy names route "${headerSafe(named)}", which is not configured`), realm);
       }
+      matched = { route: byName, params: {} };
     } else {
       // match() splits and checks the path itself and matches nothing when splitRequestPath
       // rejects it (RouteTable's contract), so the path is split again only when nothing matched.
-      const m = policy.table.match(input.host, input.method, input.path);
-      if (m) {
-        route = m.route;
-        params = m.params;
-        if (trace) trace.route = { name: route.name, by: 'table', params: { ...params } };
+      matched = policy.table.match(input.host, input.method, input.path);
+      if (matched) {
+        if (trace) trace.route = { name: matched.route.name, by: 'table', params: { ...matched.params } };
       } else {
         const check = splitRequestPath(input.path);
         if (!check.ok) {
@@ -331,15 +330,16 @@ export function createDecider(deps: DeciderDeps): Decider {
         if (trace) trace.route = { name: NO_ROUTE, by: 'none' };
       }
     }
-    if (!route) {
+    if (!matched) {
       if (policy.onNoRoute === 'allow') {
         return { kind: 'allow', route: NO_ROUTE, headersToSet: [], headersToRemove: headersToRemove(input, policy.owned, []), metadata: { route: NO_ROUTE, decision: 'allow' } };
       }
       if (trace) trace.deniedBy = 'route';
       return toDeny(denial('no_route', 'no route matches this request'), realm);
     }
+    const route = matched.route;
     if (trace?.route) trace.route.shadow = route.shadow || undefined;
-    const ev: Eval = { input, route, params, trace, dryRun, wouldDeny: undefined };
+    const ev: Eval = { input, route, matched, trace, dryRun, wouldDeny: undefined };
     const d = evaluate(ev);
     if (!route.shadow) return d;
     return d instanceof Promise ? d.then((r) => shadowRoute(ev, r)) : shadowRoute(ev, d);

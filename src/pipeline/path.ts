@@ -89,13 +89,17 @@ export function splitRequestPath(path: string): PathCheck {
   if (path.includes('\0')) return { ok: false, message: 'path contains a NUL character' };
   if (path.includes('//')) return { ok: false, message: "path contains an empty segment (repeated '/')" };
   const end = path.length > 1 && path.charCodeAt(path.length - 1) === 0x2f ? path.length - 1 : path.length;
-  if (end <= 1) return { ok: true, segments: [] };
-  const raw = path.slice(1, end).split('/');
-  const segments: string[] = new Array<string>(raw.length);
-  for (let k = 0; k < raw.length; k++) {
-    const checked = checkSegment(raw[k] as string);
+  const segments: string[] = [];
+  // The segments of path[1, end), found with indexOf rather than String#split,
+  // which is a runtime call and about twice as slow for a short path; the first
+  // problem found, segment by segment, is reported as before.
+  for (let start = 1; start < end; ) {
+    let slash = path.indexOf('/', start);
+    if (slash === -1) slash = end; // otherwise slash <= end: path[end] is the trailing '/', if any
+    const checked = checkSegment(path.slice(start, slash));
     if (!checked.ok) return { ok: false, message: `path contains ${checked.problem}` };
-    segments[k] = checked.value;
+    segments.push(checked.value);
+    start = slash + 1;
   }
   return { ok: true, segments };
 }

@@ -49,8 +49,9 @@ export interface RouteTableIssue {
 }
 
 export interface Matched<R> {
-  route: R;
-  params: Readonly<Record<string, string>>;
+  readonly route: R;
+  /** Path parameters by name: a frozen null-prototype object (built when first read). */
+  readonly params: Readonly<Record<string, string>>;
 }
 
 export interface RouteTable<R extends Routable> {
@@ -503,9 +504,35 @@ class Table<R extends Routable> implements RouteTable<R> {
   }
 }
 
+/**
+ * A match whose `params` object is built on first read, then kept. Most
+ * decisions never read it (only `{path.*}` header templates, stages and
+ * traces do), and building it — a null-prototype object, which V8 keeps in
+ * dictionary mode, then frozen — was the dearest part of a lookup.
+ */
+class Match<R> implements Matched<R> {
+  readonly route: R;
+  readonly #names: readonly string[];
+  readonly #values: readonly string[];
+  #params: Readonly<Record<string, string>> | undefined;
+
+  constructor(e: Entry<R>, values: readonly string[]) {
+    this.route = e.route;
+    this.#names = e.paramNames;
+    this.#values = values;
+  }
+
+  get params(): Readonly<Record<string, string>> {
+    if (this.#params === undefined) {
+      const params = Object.create(null) as Record<string, string>;
+      const names = this.#names;
+      for (let k = 0; k < names.length; k++) params[names[k] as string] = this.#values[k] as string;
+      this.#params = Object.freeze(params);
+    }
+    return this.#params;
+  }
+}
+
 function result<R>(e: Entry<R>, values: readonly string[]): Matched<R> {
-  const params = Object.create(null) as Record<string, string>;
-  const names = e.paramNames;
-  for (let k = 0; k < names.length; k++) params[names[k] as string] = values[k] as string;
-  return { route: e.route, params: Object.freeze(params) };
+  return new Match(e, values);
 }

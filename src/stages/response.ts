@@ -1,4 +1,4 @@
-import type { CompiledTemplate } from '../config/template.js';
+import type { CompiledTemplate, TemplateContext } from '../config/template.js';
 import type { CheckInput, HeaderToSet, Principal } from '../core/types.js';
 
 /**
@@ -33,14 +33,45 @@ export interface HeaderTemplate {
   template: CompiledTemplate;
 }
 
+/**
+ * What header templates read. `params` is passed through from the route match
+ * and read only by `{path.*}` templates: a table match builds its params
+ * object on first read, so routes whose headers do not use them never build it.
+ */
+class RenderContext implements TemplateContext {
+  readonly principal: Principal | undefined;
+  readonly route: string;
+  readonly #matched: { readonly params: Readonly<Record<string, string>> };
+
+  constructor(principal: Principal | undefined, route: string, matched: { readonly params: Readonly<Record<string, string>> }) {
+    this.principal = principal;
+    this.route = route;
+    this.#matched = matched;
+  }
+
+  get params(): Readonly<Record<string, string>> {
+    return this.#matched.params;
+  }
+}
+
 export function renderHeaders(
   templates: readonly HeaderTemplate[],
   principal: Principal | undefined,
   route: string,
   params: Readonly<Record<string, string>>,
 ): HeaderToSet[] {
+  return renderRouteHeaders(templates, principal, route, { params });
+}
+
+/** renderHeaders, with the params of a route match read only if a template needs them. */
+export function renderRouteHeaders(
+  templates: readonly HeaderTemplate[],
+  principal: Principal | undefined,
+  route: string,
+  matched: { readonly params: Readonly<Record<string, string>> },
+): HeaderToSet[] {
   const out: HeaderToSet[] = [];
-  const ctx = { principal, route, params };
+  const ctx = new RenderContext(principal, route, matched);
   for (const h of templates) {
     if (h.template.needsPrincipal && !principal) continue;
     const value = h.template.render(ctx);

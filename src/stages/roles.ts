@@ -87,12 +87,19 @@ export interface RoleInterner {
 
 export function createRoleInterner(resolver: RoleResolver, max = 256): RoleInterner {
   const byList = new Map<string, HeldRoles>();
+  // The list found last: consecutive tokens mostly carry the same roles, and
+  // comparing a few names is cheaper than joining them into a key and hashing it.
+  let last: HeldRoles | undefined;
   return {
     hold(roles) {
+      if (last !== undefined && sameList(last.roles, roles)) return last;
       // The key is for lookup only: role names may contain the separator, so a hit must also match element by element.
       const key = roles.join('\n');
       const known = byList.get(key);
-      if (known !== undefined && sameList(known.roles, roles)) return known;
+      if (known !== undefined && sameList(known.roles, roles)) {
+        last = known;
+        return known;
+      }
       const held: HeldRoles = { roles: Object.freeze([...roles]), effectiveRoles: new FrozenSet(resolver.expand(roles)) };
       if (known === undefined && byList.size < max) byList.set(key, held);
       return held;

@@ -34,6 +34,36 @@ function hit(t: RouteTable<TestRoute>, host: string, method: string, path: strin
 }
 
 describe('splitRequestPath', () => {
+  it('gives the same answer as splitting with String#split, on random paths', () => {
+    // The implementation before it walked the path with indexOf; this is that one, as the reference.
+    const reference = (path: string): ReturnType<typeof splitRequestPath> => {
+      if (path.length === 0) return { ok: false, message: 'path is empty' };
+      if (path.charCodeAt(0) !== 0x2f) return { ok: false, message: "path must start with '/'" };
+      if (path.includes('\\') || path.includes('\0') || path.includes('//')) return splitRequestPath(path); // checked before splitting
+      const end = path.length > 1 && path.charCodeAt(path.length - 1) === 0x2f ? path.length - 1 : path.length;
+      if (end <= 1) return { ok: true, segments: [] };
+      const segments: string[] = [];
+      for (const raw of path.slice(1, end).split('/')) {
+        const one = splitRequestPath(`/${raw}`); // a single segment: no '/' in it
+        if (!one.ok) return one;
+        segments.push(...one.segments);
+      }
+      return { ok: true, segments };
+    };
+    let seed = 99;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const pieces = ['/', '/', '/', 'a', 'b1', '.', '..', '%2e', '%2F', '%41', '%', ';', '..;x', 'é', '%C3%A9', '%ff', '\\', '?', '-'];
+    for (let i = 0; i < 5000; i++) {
+      let p = next(10) === 0 ? '' : '/';
+      const len = next(8);
+      for (let k = 0; k < len; k++) p += pieces[next(pieces.length)] as string;
+      expect(splitRequestPath(p), JSON.stringify(p)).toEqual(reference(p));
+    }
+  });
+
   it('splits into segments and ignores a single trailing slash', () => {
     expect(splitRequestPath('/')).toEqual({ ok: true, segments: [] });
     expect(splitRequestPath('/a/b')).toEqual({ ok: true, segments: ['a', 'b'] });
@@ -132,6 +162,19 @@ describe('path templates', () => {
     expect(m?.params).toEqual({ tenant: 'acme', id: '42' });
     expect(Object.getPrototypeOf(m?.params)).toBeNull();
     expect(Object.isFrozen(m?.params)).toBe(true);
+  });
+
+  it('builds params once per match, from that match only', () => {
+    const t = table([r('two', { path: '/t/{tenant}/s/{id}' }), r('one', { path: '/u/{id}' })]);
+    const a = t.match('h', 'GET', '/t/acme/s/42');
+    const b = t.match('h', 'GET', '/t/other/s/7');
+    const c = t.match('h', 'GET', '/u/9');
+    // read after later lookups: each match keeps its own values
+    expect(c?.params).toEqual({ id: '9' });
+    expect(a?.params).toEqual({ tenant: 'acme', id: '42' });
+    expect(b?.params).toEqual({ tenant: 'other', id: '7' });
+    expect(a?.params).toBe(a?.params);
+    expect(t.match('h', 'GET', '/u/9')?.params).not.toBe(c?.params);
   });
 
   it('a param named __proto__ is an ordinary key', () => {

@@ -3,6 +3,7 @@ import { isDenial, type Denial } from '../../../src/core/errors.js';
 import type { ReasonCode } from '../../../src/core/reasons.js';
 import type { CheckInput } from '../../../src/core/types.js';
 import {
+  bearerToken,
   collectCandidates,
   parseCredentialSource,
   type Candidate,
@@ -252,5 +253,64 @@ describe('collectCandidates: several sources', () => {
       ),
     );
     expect(r).toEqual([{ token: TOKEN, source: 'cookie:access_token' }]);
+  });
+});
+
+describe('bearerToken', () => {
+  // The regular expression bearerToken stands in for (credentials.ts): its capture is the reference.
+  const BEARER = /^bearer +(\S+) *$/i;
+  const reference = (v: string): string | undefined => BEARER.exec(v)?.[1];
+
+  it('answers exactly as the regular expression for white space a token cannot hold', () => {
+    // Every character JavaScript's \s matches, and neighbours that it does not.
+    const spaces = ['\t', '\n', '\v', '\f', '\r', ' ', '\u00a0', '\u1680', '\u2000', '\u2005', '\u200a', '\u2028', '\u2029', '\u202f', '\u205f', '\u3000', '\ufeff'];
+    const others = ['\u0085', '\u180e', '\u200b', '\u00ff', '\u0141', '\ud83d', '\ud83d\ude80', 'é', '"', ',', '\u0000'];
+    for (const c of [...spaces, ...others]) {
+      for (const v of [`Bearer ${c}${TOKEN}`, `Bearer ${TOKEN}${c}`, `Bearer ${TOKEN.slice(0, 10)}${c}${TOKEN.slice(10)}`, `Bearer${c}${TOKEN}`, `Bearer ${TOKEN} ${c}`, `Bearer ${c}`]) {
+        expect(bearerToken(v), JSON.stringify(v)).toBe(reference(v));
+      }
+    }
+    // A non-ASCII white-space character inside the token: the regular expression refuses it.
+    expect(bearerToken(`Bearer ${TOKEN.slice(0, 10)}\u2003${TOKEN.slice(10)}`)).toBeUndefined();
+  });
+
+  it('answers exactly as the regular expression for the scheme and the spaces around the token', () => {
+    for (const v of [
+      `Bearer ${TOKEN}`,
+      `bEaReR ${TOKEN}`,
+      `BEARER     ${TOKEN}   `,
+      `Bearer  ${TOKEN} x`,
+      `Bearer ${TOKEN}  y `,
+      `Basic ${TOKEN}`,
+      `Bearez ${TOKEN}`,
+      `Bearer`,
+      `Bearer `,
+      `Bearer  `,
+      `Bearer x`,
+      `Bearer\t${TOKEN}`,
+      ` Bearer ${TOKEN}`,
+      `@EARER ${TOKEN}`, // 0x40 | 0x20 is 0x60, not 'b'
+      `Bearer ${TOKEN}\u00a0`,
+      '',
+    ]) {
+      expect(bearerToken(v), JSON.stringify(v)).toBe(reference(v));
+    }
+  });
+
+  it('answers exactly as the regular expression on random values', () => {
+    // A small deterministic generator: no test depends on Math.random.
+    let seed = 12345;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const alphabet = ['a', 'B', '0', '-', '_', '.', ' ', ' ', '\t', '\u00a0', '\u2028', 'é', '\ud800', '\u3000', ','];
+    const schemes = ['Bearer ', 'bearer  ', 'BEARER', 'Bearer\t', 'Basic ', ''];
+    for (let i = 0; i < 5000; i++) {
+      let v = schemes[next(schemes.length)] as string;
+      const len = next(12);
+      for (let k = 0; k < len; k++) v += alphabet[next(alphabet.length)] as string;
+      expect(bearerToken(v), JSON.stringify(v)).toBe(reference(v));
+    }
   });
 });

@@ -84,6 +84,61 @@ describe('createJwsCodec: parse', () => {
     }
   });
 
+  it('decodes base64url itself exactly as Buffer.from(…, "base64url") did, for many payloads of every length', () => {
+    // The codec decodes base64url in JavaScript (jws.ts says why); Node's decoder is the reference.
+    const codec = createJwsCodec();
+    const header = segment({ alg: 'RS256' });
+    let seed = 7;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const pieces = ['a', 'Z', '9', ' ', '"', '\\', 'é', 'ß', '名', '🚀', '\u0000', '\uffff', '~', '{}', '+/='];
+    for (let i = 0; i < 2000; i++) {
+      let text = '';
+      const len = next(40);
+      for (let k = 0; k < len; k++) text += pieces[next(pieces.length)] as string;
+      const seg = segment({ text, i });
+      expect(parsed(codec, assemble(header, seg, '')).payload, seg).toEqual(reference(seg));
+    }
+  });
+
+  it('ignores the spare bits of a final partial group, as the Node decoder does', () => {
+    const codec = createJwsCodec();
+    const header = segment({ alg: 'RS256' });
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    for (const p of [{ a: 'x' }, { a: 'xy' }, { a: 'xyz' }]) {
+      const seg = segment(p);
+      if (seg.length % 4 === 0) continue;
+      // The last character carries 4 (length % 4 === 2) or 2 (=== 3) spare low bits: set them all.
+      const spare = seg.length % 4 === 2 ? 15 : 3;
+      const last = alphabet.indexOf(seg.slice(-1));
+      const odd = seg.slice(0, -1) + (alphabet[last | spare] as string);
+      expect(odd).not.toBe(seg);
+      expect(parsed(codec, assemble(header, odd, '')).payload).toEqual(p);
+    }
+  });
+
+  it('refuses non-ASCII characters in the header, payload and signature, also those whose low byte is a base64url letter', () => {
+    const codec = createJwsCodec();
+    const header = segment({ alg: 'RS256' });
+    const good = segment(CLAIMS);
+    // U+0141 and U+0161 end in the bytes of 'A' and 'a'; U+00E9 is Latin-1; U+D800 a lone surrogate.
+    for (const c of ['\u0141', '\u0161', '\u00e9', '\ud800', '\u4141']) {
+      const inPayload = `${good.slice(0, 8)}${c}${good.slice(9)}`;
+      const inHeader = `${header.slice(0, 4)}${c}${header.slice(5)}`;
+      const cases: [string, string][] = [
+        [assemble(header, inPayload, ''), 'JWT payload is not base64url-encoded JSON'],
+        [assemble(inHeader, good, ''), 'JWT header is not base64url-encoded JSON'],
+        [assemble(header, good, `abc${c}`), 'JWT signature is not base64url'],
+      ];
+      for (const [token, message] of cases) {
+        const r = codec.parse(token);
+        expect(isDenial(r) && r.message, JSON.stringify(c)).toBe(message);
+      }
+    }
+  });
+
   it('gives each header its own decoded value, also when two headers have the same length', () => {
     const codec = createJwsCodec();
     const p = segment(CLAIMS);
@@ -135,6 +190,24 @@ describe('createJwsCodec: verify', () => {
     const [h, , s] = token.split('.') as [string, string, string];
     const tampered = assemble(h, segment({ ...CLAIMS, sub: 'mallory' }), s);
     expect(codec.verify(parsed(codec, tampered), key.publicKey)).toBe(false);
+  });
+
+  it.each(['RS256', 'ES256'] as const)('decodes a %s signature exactly: spare bits ignored, any other change refused', async (alg) => {
+    const codec = createJwsCodec();
+    const key = alg === 'RS256' ? rsa : ec;
+    const token = await signToken(CLAIMS, { key });
+    const [h, p, s] = token.split('.') as [string, string, string];
+    expect(s.length % 4).toBe(2); // 256 and 64 bytes: a final group of 2 characters, 4 spare bits
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const last = alphabet.indexOf(s.slice(-1));
+    const spareSet = s.slice(0, -1) + (alphabet[last | 15] as string);
+    expect(codec.verify(parsed(codec, assemble(h, p, spareSet)), key.publicKey)).toBe(true);
+    // a data bit of the last character, and one character in the middle
+    const dataBit = s.slice(0, -1) + (alphabet[last ^ 16] as string);
+    expect(codec.verify(parsed(codec, assemble(h, p, dataBit)), key.publicKey)).toBe(false);
+    const mid = s.length >> 1;
+    const middle = s.slice(0, mid) + (s[mid] === 'A' ? 'B' : 'A') + s.slice(mid + 1);
+    expect(codec.verify(parsed(codec, assemble(h, p, middle)), key.publicKey)).toBe(false);
   });
 
   it('verifies a parsed token after other tokens went through the scratch buffer (a key fetch in between)', async () => {

@@ -89,6 +89,22 @@ describe('createRoleInterner', () => {
     expect(interner.hold(['admin\nx'])).toEqual(joined);
   });
 
+  it('gives each list its own value when lists alternate (the last list found is only a shortcut)', () => {
+    const interner = createRoleInterner(resolver);
+    const a = interner.hold(['admin', 'x']);
+    const joined = interner.hold(['admin\nx']);
+    for (let i = 0; i < 3; i++) {
+      expect(interner.hold(['admin', 'x'])).toBe(a);
+      expect(interner.hold(['admin', 'x'])).toBe(a);
+      // same key as ['admin', 'x'], which holds the slot: a fresh, equal value each time
+      expect(interner.hold(['admin\nx'])).not.toBe(joined);
+      expect(interner.hold(['admin\nx'])).toEqual(joined);
+      expect(interner.hold(['admin'])).not.toBe(a);
+      expect(interner.hold(['admin']).roles).toEqual(['admin']);
+      expect(interner.hold([]).roles).toEqual([]);
+    }
+  });
+
   it('keeps the input array out of it: changing it later changes nothing', () => {
     const interner = createRoleInterner(resolver);
     const input = ['admin'];
