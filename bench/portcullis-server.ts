@@ -6,14 +6,16 @@
  * Usage: node dist/bench/portcullis-server.js CONFIG.yaml
  */
 import { writeFileSync } from 'node:fs';
-import { PerformanceObserver } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { createApp } from '../src/app.js';
 
 // BENCH_GC_LOG=FILE: record every garbage-collection pause and write them, by kind, to FILE on exit
 // (diagnosing latency tails; the observer itself costs next to nothing per collection).
 const gcLog = process.env.BENCH_GC_LOG;
 const pauses: { kind: number; ms: number }[] = [];
+const loopDelay = monitorEventLoopDelay({ resolution: 5 });
 if (gcLog) {
+  loopDelay.enable();
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) pauses.push({ kind: ((e as unknown as { detail?: { kind?: number } }).detail)?.kind ?? 0, ms: e.duration });
   }).observe({ entryTypes: ['gc'] });
@@ -27,7 +29,9 @@ function writeGcLog(): void {
     const at = (q: number): number => Math.round((ms[Math.min(ms.length - 1, Math.floor(q * ms.length))] ?? 0) * 1000) / 1000;
     summary[kinds[k] ?? String(k)] = { count: ms.length, totalMs: Math.round(ms.reduce((a, b) => a + b, 0)), p50: at(0.5), p99: at(0.99), max: at(1) };
   }
-  writeFileSync(gcLog, `${JSON.stringify(summary, null, 2)}\n`);
+  const ms = (ns: number): number => Math.round(ns / 1e4) / 100;
+  const eventLoopDelayMs = { p50: ms(loopDelay.percentile(50)), p99: ms(loopDelay.percentile(99)), p999: ms(loopDelay.percentile(99.9)), max: ms(loopDelay.max) };
+  writeFileSync(gcLog, `${JSON.stringify({ ...summary, eventLoopDelayMs }, null, 2)}\n`);
 }
 
 const configPath = process.argv[2];
