@@ -18,8 +18,8 @@ import { encodeHeaderBlock } from './h2/hpack.js';
  * TCP or TLS (ALPN h2, client certificates required under mTLS).
  *
  * Why not @grpc/grpc-js's Server, nor node:http2: grpc-js costs ≈ 120 µs of
- * CPU per call on top of node:http2, and node:http2 itself ≈ 50 µs per call
- * through Envoy (a Duplex per stream, header objects, events), against ≈ 7 µs
+ * CPU per call on top of node:http2, and node:http2 itself ≈ 45 µs per call
+ * through Envoy (a Duplex per stream, header objects, events), against ≈ 10 µs
  * for the lean framing (docs/design/performance.md, "gRPC transport"). Both
  * services here are unary (plus Health/Watch, server-streaming), so the gRPC
  * protocol they need is small and is implemented in full below:

@@ -8,8 +8,8 @@ import { createHpackDecoder, HpackError, type HpackDecoder } from './hpack.js';
  *
  * Why not node:http2: every stream there is a Duplex with its own events,
  * header objects converted twice and a write path through streams; through
- * Envoy it cost ≈ 50 µs of CPU per call on the benchmark machine against
- * ≈ 7 µs for this framing (docs/design/performance.md, "Lean HTTP/2"). Here a
+ * Envoy it cost ≈ 45 µs of CPU per call on the benchmark machine against
+ * ≈ 10 µs for this framing (docs/design/performance.md, "gRPC transport"). Here a
  * stream is a small object, a request is handed over once its END_STREAM
  * arrives, and everything a read produces is answered with one socket write.
  *
