@@ -8,7 +8,7 @@ import { toDeny } from '../../pipeline/decide.js';
 import { uriSans, type CertWatcher } from '../tls/cert-watcher.js';
 import { decodeCheckRequest, encodeCheckResponseFrame, toCheckInput } from './grpc-mapping.js';
 import { decodeHealthCheckRequest, healthResponseFrame, HealthStatus, type HealthStatusCode } from './grpc-health.js';
-import { H2Connection, type H2Handler, type H2Limits, type H2Stream } from './h2/connection.js';
+import { DEFAULT_LIMITS, H2Connection, type H2Handler, type H2Limits, type H2Stream } from './h2/connection.js';
 import { encodeHeaderBlock } from './h2/hpack.js';
 
 /**
@@ -266,7 +266,17 @@ export function createGrpcServer(deps: {
   let server: Server;
   if (tls) {
     const m = tls.watcher.current();
-    const secure = createTlsServer({ cert: m.cert, key: m.key, ca: m.ca, requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] });
+    // The TLS handshake gets the same bound as the HTTP/2 one (Node's default would be 120 s).
+    const handshakeTimeout = deps.limits?.handshakeTimeoutMs ?? DEFAULT_LIMITS.handshakeTimeoutMs;
+    const secure = createTlsServer({
+      cert: m.cert,
+      key: m.key,
+      ca: m.ca,
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: ['h2'],
+      ...(handshakeTimeout > 0 ? { handshakeTimeout } : {}),
+    });
     // New handshakes use the rotated files; open connections keep theirs.
     tls.watcher.onChange((next) => secure.setSecureContext({ cert: next.cert, key: next.key, ca: next.ca }));
     secure.on('secureConnection', (socket: TLSSocket) => {

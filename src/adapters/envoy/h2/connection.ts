@@ -93,6 +93,13 @@ export interface H2Limits {
   maxHeaderListSize: number;
   /** Bytes of responses waiting for the client to read or to open its flow-control windows. */
   maxQueuedOutputBytes: number;
+  /**
+   * A client must send the preface and its first SETTINGS within this many
+   * milliseconds of connecting (0: no limit); otherwise the socket is
+   * destroyed. Connections that never speak cannot pile up. (An established
+   * connection may then stay idle: Envoy keeps its connections open.)
+   */
+  handshakeTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: H2Limits = {
@@ -100,6 +107,7 @@ export const DEFAULT_LIMITS: H2Limits = {
   maxBodyBytes: 4 * 1024 * 1024 + 5,
   maxHeaderListSize: 64 * 1024,
   maxQueuedOutputBytes: 4 * 1024 * 1024,
+  handshakeTimeoutMs: 10_000,
 };
 
 export interface H2Handler {
@@ -335,6 +343,12 @@ export class H2Connection {
     this.push(u32Frame(FrameType.WINDOW_UPDATE, 0, this.connWindowTarget - DEFAULT_WINDOW));
     this.flush();
 
+    if (this.limits.handshakeTimeoutMs > 0) {
+      // The socket's own inactivity timer: cleared once SETTINGS arrives (onSettings).
+      this.socket.setTimeout(this.limits.handshakeTimeoutMs, () => {
+        if (!this.settingsSeen) this.destroy();
+      });
+    }
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', () => this.destroy());
     this.socket.on('close', () => this.destroy());
@@ -751,6 +765,7 @@ export class H2Connection {
       return;
     }
     if ((end - start) % 6 !== 0) throw new ConnectionError(H2Error.FRAME_SIZE_ERROR, 'SETTINGS payload is not a multiple of 6');
+    if (!this.settingsSeen && this.limits.handshakeTimeoutMs > 0) this.socket.setTimeout(0);
     this.settingsSeen = true;
     for (let at = start; at < end; at += 6) {
       const id = b.readUInt16BE(at);

@@ -1063,3 +1063,20 @@ describe('graceful shutdown and failing handlers', () => {
     expect(peer.frames.some((f) => f.type === FrameType.GOAWAY)).toBe(false);
   });
 });
+
+describe('handshake timeout', () => {
+  it('a client that connects and never completes the preface and SETTINGS is disconnected; one that did is kept, however long it idles', async () => {
+    const { port } = await startGrpc({ limits: { handshakeTimeoutMs: 50 } });
+    const good = await open(port);
+    await good.waitFor((f) => f.type === FrameType.SETTINGS && (f.flags & F.ACK) !== 0, 'the ACK of our SETTINGS');
+    const silent = await open(port, { handshake: false });
+    const prefaceOnly = await open(port, { handshake: false });
+    prefaceOnly.write(PREFACE);
+    // Both are dropped by the timer: no request of theirs was ever read.
+    await silent.closedP;
+    await prefaceOnly.closedP;
+    // The good connection's own timer would have fired first (it went quiet earlier): it was cleared.
+    expect(good.closed).toBe(false);
+    await expectServes(good, 1);
+  });
+});
