@@ -90,6 +90,13 @@ export interface Point {
   latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number; mean: number };
   cpu: CpuUse;
   loadavg1: number;
+  /**
+   * Envoy's view of the authorizer during this point (set-ups with an ext_authz
+   * cluster): counters that moved (connections, resets, flow control, HTTP/2
+   * events) and the cluster's request-time histogram, for diagnosing latency
+   * tails. JSON only.
+   */
+  authzCluster?: { counters: Record<string, number>; upstreamRqTime?: string };
 }
 
 export interface SetupResult {
@@ -355,7 +362,20 @@ async function main(): Promise<void> {
       }
     }
 
+    const hasAuthzCluster = (id: number): boolean => id !== 1 && id !== 2;
+    const clusterCounters = async (r: Running): Promise<Map<string, number>> => {
+      const out = new Map<string, number>();
+      const text = await r.proxy.stats('cluster.authz.').catch(() => '');
+      for (const line of text.split('\n')) {
+        const m = /^(cluster\.authz\.[\w.]+): (\d+)$/.exec(line.trim());
+        if (m?.[1] && m[2]) out.set(m[1].slice('cluster.authz.'.length), Number(m[2]));
+      }
+      return out;
+    };
     const measure = async (r: Running, w: Workload, res: SetupResult, offered: number): Promise<Point> => {
+      const statsBefore = hasAuthzCluster(r.id);
+      // Zero Envoy's counters so that what they show after the run is this point's own.
+      if (statsBefore) await sendRequest({ url: r.proxy.adminUrl, method: 'POST', path: '/reset_counters' }).catch(() => undefined);
       const before = Object.fromEntries(Object.entries(r.pids).map(([k, pid]) => [k, cpuTicks(pid)]));
       const la = loadavg()[0] ?? 0;
       const exchangesBefore = idp.exchanges();
@@ -378,6 +398,15 @@ async function main(): Promise<void> {
         cpu,
         loadavg1: Math.round(la * 100) / 100,
       };
+      if (statsBefore) {
+        // /reset_counters zeroed the counters: what they show now is this point's.
+        const after = await clusterCounters(r);
+        const counters: Record<string, number> = {};
+        for (const [k, v] of after) if (v > 0 && !/(_active|_buffered|_healthy|_degraded|^membership_\w+|^max_\w+|_version|_weight)$/.test(k)) counters[k] = v;
+        // Envoy prints each percentile as (since its last stats flush, since start).
+        const hist = (await r.proxy.stats('cluster.authz.upstream_rq_time').catch(() => '')).split('\n').find((l) => l.startsWith('cluster.authz.upstream_rq_time:'));
+        p.authzCluster = { counters, upstreamRqTime: hist?.slice('cluster.authz.upstream_rq_time:'.length).trim() };
+      }
       const errs = out.errors.status + out.errors.connect + out.errors.read + out.errors.write + out.errors.timeout;
       log(
         `  ${r.key}/${w} ${offered === 0 ? 'saturation' : `${offered} req/s`}: ${p.achieved} req/s, p50 ${p.latencyMs.p50} ms, p99 ${p.latencyMs.p99} ms, p99.9 ${p.latencyMs.p999} ms` +
@@ -477,8 +506,8 @@ async function main(): Promise<void> {
     const b = existing.indexOf(END);
     const next = a >= 0 && b > a ? `${existing.slice(0, a + BEGIN.length)}\n${md.full}\n${existing.slice(b)}` : `${existing}\n${BEGIN}\n${md.full}\n${END}\n`;
     writeFileSync(docPath, next);
-    log(`wrote bench/results/latest.json and docs/benchmarks.md`);
-  } else log('wrote bench/results/latest.json');
+    log(`wrote ${process.env.BENCH_JSON ?? 'bench/results/latest.json'} and docs/benchmarks.md`);
+  } else log(`wrote ${process.env.BENCH_JSON ?? 'bench/results/latest.json'}`);
 }
 
 main().catch((err: unknown) => {
