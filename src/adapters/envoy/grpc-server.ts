@@ -149,6 +149,8 @@ export function createGrpcServer(deps: {
   limits?: Partial<H2Limits>;
 }): GrpcServer {
   const { handle, onMalformed, tls } = deps;
+  /** The largest message the HTTP/2 body limit lets through (the limit counts the 5-byte gRPC prefix). */
+  const maxMessageBytes = (deps.limits?.maxBodyBytes ?? DEFAULT_LIMITS.maxBodyBytes) - 5;
   const internal = (): Decision => toDeny(denial('internal_error', 'internal error'), 'portcullis');
   const connections = new Set<H2Connection>();
   /** Whether a TLS connection's client certificate is on the allowlist, decided once per connection. */
@@ -252,7 +254,7 @@ export function createGrpcServer(deps: {
       else health(stream, r.message, stream.path === HEALTH_WATCH_PATH);
     },
     onBodyTooLarge(stream) {
-      endWithStatus(stream, Status.RESOURCE_EXHAUSTED, `the request message is larger than ${MAX_MESSAGE_BYTES} bytes`);
+      endWithStatus(stream, Status.RESOURCE_EXHAUSTED, `the request message is larger than ${maxMessageBytes} bytes`);
     },
   };
 

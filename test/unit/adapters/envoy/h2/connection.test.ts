@@ -741,6 +741,8 @@ describe('flow control', () => {
     peer.write(headers(1, checkHeaders()), data(1, Buffer.alloc(600)), data(1, Buffer.alloc(600)));
     const r = await peer.response(1);
     expect(r.headers['grpc-status']).toBe('8');
+    // The message names the configured limit (the body limit less the 5-byte gRPC prefix).
+    expect(r.headers['grpc-message']).toBe('the request message is larger than 995 bytes');
     expect(await peer.rstCode(1)).toBe(H2Error.NO_ERROR);
     // The rest of that body, already on its way, is dropped quietly.
     peer.write(data(1, Buffer.alloc(600), true));
