@@ -360,10 +360,6 @@ export class H2Connection {
     return this.active;
   }
 
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
   // ---------------------------------------------------------------- output
 
   private push(b: Buffer): void {
@@ -561,10 +557,15 @@ export class H2Connection {
       this.streams.delete(st.id);
       this.active--;
     }
+    this.dropBody(st);
+    if (this.closing && this.streams.size === 0) this.endSocket();
+  }
+
+  /** Forgets the body collected so far and gives its bytes back to the connection window. */
+  private dropBody(st: H2Stream): void {
     this.returnHeld(st);
     st.body = undefined;
     st.chunks = undefined;
-    if (this.closing && this.streams.size === 0) this.endSocket();
   }
 
   /** Gives the stream's buffered DATA back to the connection window. */
@@ -599,25 +600,32 @@ export class H2Connection {
 
   /** Drops the connection now; open streams are cancelled. */
   destroy(): void {
+    if (!this.closed) this.finish(false);
+  }
+
+  /** Ends the socket once what is queued has been written (the last stream is done, or the client said GOAWAY). */
+  private endSocket(): void {
     if (this.closed) return;
+    this.flush();
+    // That write may have found the client not reading and failed the connection already.
+    if (!this.closed) this.finish(true);
+  }
+
+  /** The one way a connection ends: cancel what is open, then end the socket after its output (graceful) or drop it. */
+  private finish(graceful: boolean): void {
     this.closed = true;
-    this.out.length = 0;
     for (const st of this.streams.values()) this.cancel(st);
     this.streams.clear();
     this.active = 0;
     this.blocked = [];
-    this.socket.destroy();
-    this.onCloseCb?.(this);
-  }
-
-  private endSocket(): void {
-    if (this.closed) return;
-    this.flush();
-    this.closed = true;
-    this.socket.end();
-    // A peer that never closes its side does not keep the socket forever.
-    const t = setTimeout(() => this.socket.destroy(), 1000);
-    t.unref();
+    if (graceful) {
+      this.socket.end();
+      // A peer that never closes its side does not keep the socket forever.
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    } else {
+      this.out.length = 0;
+      this.socket.destroy();
+    }
     this.onCloseCb?.(this);
   }
 
@@ -635,20 +643,7 @@ export class H2Connection {
   private fail(err: ConnectionError): void {
     if (this.closed) return;
     this.goaway(err.h2code, err.message);
-    const was = this.inTurn;
-    this.inTurn = false;
-    this.flush();
-    this.inTurn = was;
-    // That write may have found the client not reading and failed the connection already.
-    if (this.closed) return;
-    for (const st of this.streams.values()) this.cancel(st);
-    this.streams.clear();
-    this.active = 0;
-    this.closed = true;
-    this.socket.end();
-    const t = setTimeout(() => this.socket.destroy(), 1000);
-    t.unref();
-    this.onCloseCb?.(this);
+    this.endSocket();
   }
 
   private cancel(st: H2Stream): void {
@@ -830,9 +825,7 @@ export class H2Connection {
     this.cancel(st);
     if (!working) return this.closeStream(st);
     st.state = State.Closed;
-    this.returnHeld(st);
-    st.body = undefined;
-    st.chunks = undefined;
+    this.dropBody(st);
   }
 
   /** A stream error: RST_STREAM to the client, the stream is over. */
@@ -893,9 +886,7 @@ export class H2Connection {
         if (st.contentLength >= 0 && st.bodySize > st.contentLength) return this.resetStream(sid, H2Error.PROTOCOL_ERROR);
         if (st.bodySize > this.limits.maxBodyBytes) {
           st.discard = true;
-          st.body = undefined;
-          st.chunks = undefined;
-          this.returnHeld(st);
+          this.dropBody(st);
           try {
             this.handler.onBodyTooLarge(st);
           } catch {
@@ -921,10 +912,8 @@ export class H2Connection {
     // RFC 9113 §8.1.1: a content-length that is not the body's length makes the request malformed.
     if (st.contentLength >= 0 && st.contentLength !== st.bodySize) return this.resetStream(st.id, H2Error.PROTOCOL_ERROR);
     const body = st.chunks ? Buffer.concat(st.chunks, st.bodySize) : (st.body ?? EMPTY);
-    st.body = undefined;
-    st.chunks = undefined;
     // The request is ours now: its bytes go back to the connection window.
-    this.returnHeld(st);
+    this.dropBody(st);
     st.awaiting = true;
     try {
       this.handler.onRequest(st, body);
