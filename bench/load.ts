@@ -41,7 +41,7 @@ import { ensureEnvoy, sendRequest } from '../test/helpers/envoy.js';
 import { startKubeApiServer, type KubeApiServer } from '../test/helpers/kube-apiserver.js';
 import { renderMarkdown } from './lib/report.js';
 import { EXCHANGE_CLIENT_ID, EXCHANGE_CLIENT_SECRET, startIdp, type BenchIdp } from './lib/idp.js';
-import { runWrk, spawnManaged, startBenchEnvoy, type BenchEnvoy, type Managed, type WrkResult } from './lib/procs.js';
+import { cpuTicks, runWrk, spawnManaged, startBenchEnvoy, type BenchEnvoy, type Managed, type WrkResult } from './lib/procs.js';
 import { BENCH_AUDIENCE, BENCH_ISSUER, BENCH_ISSUER_NAME, BENCH_USERS, jwksOf, loadMaterial } from './lib/tokens.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -129,16 +129,6 @@ const SETUP_INFO: Record<number, { key: string; title: string }> = {
 
 function log(s: string): void {
   process.stdout.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
-}
-
-function cpuTicks(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(fields[11]) + Number(fields[12]); // utime + stime (fields 14, 15)
-  } catch {
-    return 0;
-  }
 }
 
 function provisionTools(): { wrk: string; opa: string; wrkVersion: string; opaVersion: string } {

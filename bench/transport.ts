@@ -13,23 +13,17 @@
  * Writes bench/results/transport-latest.json.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadAuthorizationClient } from '../src/adapters/envoy/protos.js';
-import { spawnManaged } from './lib/procs.js';
+import { cpuTicks, spawnManaged } from './lib/procs.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const REQUESTS = Number(process.env.TRANSPORT_REQUESTS ?? '200000');
 const ROUNDS = Number(process.env.TRANSPORT_ROUNDS ?? '3');
 const STREAMS = Number(process.env.TRANSPORT_STREAMS ?? '32');
-
-function cpuTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(f[11]) + Number(f[12]);
-}
 
 function checkBody(): Buffer {
   const Ctor = loadAuthorizationClient() as unknown as { service: { Check: { requestSerialize: (v: unknown) => Buffer } } };

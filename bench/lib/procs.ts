@@ -3,11 +3,23 @@
  * upstream, portcullis, the OPA ext_authz server; and running wrk.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { pollUntil, sendRequest } from '../../test/helpers/envoy.js';
+
+/** CPU time of a process so far, in clock ticks (1/100 s): user + system from /proc/<pid>/stat; 0 once it is gone. */
+export function cpuTicks(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[11]) + Number(fields[12]); // utime + stime (fields 14, 15)
+  } catch {
+    return 0;
+  }
+}
 
 export interface Managed {
   readonly name: string;

@@ -1,7 +1,7 @@
 import { denial, isDenial, type Denial } from '../core/errors.js';
 import type { CheckInput, Decision, Deny, HeaderToSet, Principal, WouldDeny } from '../core/types.js';
 import { collectCandidates, type Candidate, type SourceNote } from '../stages/credentials.js';
-import { headersToRemove, principalMetadata, renderRouteHeaders } from '../stages/response.js';
+import { headersToRemove, principalMetadata, renderHeaders } from '../stages/response.js';
 import { checkRoles } from '../stages/roles.js';
 import type { Verifier, VerifyResult } from '../stages/verify.js';
 import type { CompiledRoute, Policy } from './policy.js';
@@ -161,7 +161,7 @@ export function createDecider(deps: DeciderDeps): Decider {
 
   function allow(ev: Eval, principal: Principal | undefined, outputs: readonly StageOutput[] = []): Decision {
     const { input, route } = ev;
-    let set = renderRouteHeaders(route.headers, principal, route.name, ev.matched);
+    let set = renderHeaders(route.headers, principal, route.name, ev.matched);
     let extraRemove: string[] | undefined;
     let extraMeta: Record<string, string | string[]> | undefined;
     for (const o of outputs) {

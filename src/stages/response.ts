@@ -54,17 +54,8 @@ class RenderContext implements TemplateContext {
   }
 }
 
+/** The route's header templates, rendered; the match's `params` are read only if a template needs them. */
 export function renderHeaders(
-  templates: readonly HeaderTemplate[],
-  principal: Principal | undefined,
-  route: string,
-  params: Readonly<Record<string, string>>,
-): HeaderToSet[] {
-  return renderRouteHeaders(templates, principal, route, { params });
-}
-
-/** renderHeaders, with the params of a route match read only if a template needs them. */
-export function renderRouteHeaders(
   templates: readonly HeaderTemplate[],
   principal: Principal | undefined,
   route: string,

@@ -11,6 +11,7 @@ import { loadSync, type EnumTypeDefinition } from '@grpc/proto-loader';
 import { service as healthService } from 'grpc-health-check';
 import { envoyProtoIncludeDirs, loadAuthorizationClient, PROTO_LOADER_OPTIONS } from '../../src/adapters/envoy/protos.js';
 import type { HeaderValueOption__Output } from '../../src/generated/envoy/config/core/v3/HeaderValueOption.js';
+import type { CheckInput, Decision } from '../../src/core/types.js';
 import type { CheckRequest } from '../../src/generated/envoy/service/auth/v3/CheckRequest.js';
 import type { CheckResponse__Output } from '../../src/generated/envoy/service/auth/v3/CheckResponse.js';
 import type { Struct__Output } from '../../src/generated/google/protobuf/Struct.js';
@@ -269,3 +270,12 @@ export function readCheckResponse(res: CheckResponse__Output): CheckOutcome {
   }
   throw new Error(`CheckResponse has neither ok_response nor denied_response: ${JSON.stringify(res)}`);
 }
+
+/** A decision handler for transport tests: allows, and echoes the request's path in `x-seen-path`. */
+export const allowEchoingPath = (input: CheckInput): Decision => ({
+  kind: 'allow',
+  route: 'r',
+  headersToSet: [{ name: 'x-seen-path', value: input.path }],
+  headersToRemove: [],
+  metadata: { route: 'r', decision: 'allow' },
+});

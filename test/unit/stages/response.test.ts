@@ -61,7 +61,7 @@ describe('renderHeaders', () => {
       [tpl('x-sub', '{sub}'), tpl('x-email', '{claims.email}'), tpl('x-missing', '{claims.nothing}'), tpl('x-id', '{path.id}', ['id'])],
       principal,
       'r1',
-      { id: 'sb-1' },
+      { params: { id: 'sb-1' } },
     );
     expect(out).toEqual([
       { name: 'x-sub', value: 'alice' },
@@ -71,7 +71,7 @@ describe('renderHeaders', () => {
   });
 
   it('skips principal templates without a principal (anonymous)', () => {
-    expect(renderHeaders([tpl('x-sub', '{sub}'), tpl('x-route', '{route}'), tpl('x-c', 'const')], undefined, 'r1', {})).toEqual([
+    expect(renderHeaders([tpl('x-sub', '{sub}'), tpl('x-route', '{route}'), tpl('x-c', 'const')], undefined, 'r1', { params: {} })).toEqual([
       { name: 'x-route', value: 'r1' },
       { name: 'x-c', value: 'const' },
     ]);

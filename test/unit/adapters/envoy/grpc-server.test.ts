@@ -7,7 +7,7 @@ import { loadAuthorizationClient } from '../../../../src/adapters/envoy/protos.j
 import { denial } from '../../../../src/core/errors.js';
 import type { CheckInput, Decision } from '../../../../src/core/types.js';
 import { toDeny } from '../../../../src/pipeline/decide.js';
-import { checkRequest, createAuthzClient, createHealthClient, readCheckResponse } from '../../../helpers/grpc-client.js';
+import { allowEchoingPath, checkRequest, createAuthzClient, createHealthClient, readCheckResponse } from '../../../helpers/grpc-client.js';
 
 /**
  * portcullis's gRPC transport (node:http2, no grpc-js server): the protocol
@@ -16,13 +16,7 @@ import { checkRequest, createAuthzClient, createHealthClient, readCheckResponse 
  * @grpc/grpc-js clients and with raw HTTP/2 where a gRPC client cannot send
  * the bad input.
  */
-const allow = (input: CheckInput): Decision => ({
-  kind: 'allow',
-  route: 'r',
-  headersToSet: [{ name: 'x-seen-path', value: input.path }],
-  headersToRemove: [],
-  metadata: { route: 'r', decision: 'allow' },
-});
+const allow = allowEchoingPath;
 const malformed = (): Decision => toDeny(denial('malformed_request', 'no HTTP request attributes'), 'test');
 
 const servers: GrpcServer[] = [];

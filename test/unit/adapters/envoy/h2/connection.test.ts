@@ -8,7 +8,7 @@ import { loadAuthorizationClient } from '../../../../../src/adapters/envoy/proto
 import { denial } from '../../../../../src/core/errors.js';
 import type { CheckInput, Decision } from '../../../../../src/core/types.js';
 import { toDeny } from '../../../../../src/pipeline/decide.js';
-import { checkRequest, readCheckResponse, type CheckOutcome, type CheckResponse__Output } from '../../../../helpers/grpc-client.js';
+import { allowEchoingPath, checkRequest, readCheckResponse, type CheckOutcome, type CheckResponse__Output } from '../../../../helpers/grpc-client.js';
 
 /**
  * portcullis's HTTP/2 layer (h2/connection.ts) against hostile and unusual
@@ -290,13 +290,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-const allow = (input: CheckInput): Decision => ({
-  kind: 'allow',
-  route: 'r',
-  headersToSet: [{ name: 'x-seen-path', value: input.path }],
-  headersToRemove: [],
-  metadata: { route: 'r', decision: 'allow' },
-});
+const allow = allowEchoingPath;
 const malformed = (): Decision => toDeny(denial('malformed_request', 'malformed'), 'test');
 
 /** Decisions the test resolves: each handle() call waits until released. */
