@@ -40,7 +40,7 @@ export function renderMarkdown(res: BenchResults): { full: string; summary: stri
   lines.push('');
   lines.push(`Machine: ${String(m.cores)} cores (${String(m.cpuModel)}), Linux ${String(m.kernel)}; load average (1/5/15 min) ${la(m.loadavgStart)} at the start, ${la(m.loadavgEnd)} at the end.`);
   lines.push(`Versions: Envoy ${String(m.envoy)} with \`--concurrency ${String(m.envoyConcurrency)}\`; node ${String(m.node)}; ${String(m.wrk)}; OPA ${String(m.opa)}.`);
-  lines.push(`Load: wrk, 1 thread, ${String(m.connections)} connections, ${String(m.seconds)} s per point; saturation in ${String(m.rounds)} rotated rounds (median reported; ${String(m.warmupSeconds)} s warm-up before the first, 1 s before later ones); ${String(m.tokenPool)} distinct RS256 tokens in the \`distinct\` pool.`);
+  lines.push(`Load: wrk, 1 thread, ${String(m.connections)} connections, ${String(m.seconds)} s per point; saturation in ${String(m.rounds)} rotated rounds (median reported; ${String(m.warmupSeconds)} s warm-up before the first, 1 s before later ones); fixed loads in ${String(m.fixedRounds ?? 1)} rotated rounds (the round with the median p99 reported, every round's p99 listed); ${String(m.tokenPool)} distinct RS256 tokens in the \`distinct\` pool.`);
   lines.push('');
 
   const workloads: Workload[] = ['same', 'distinct', 'users'];
@@ -70,13 +70,14 @@ export function renderMarkdown(res: BenchResults): { full: string; summary: stri
       const base = at(baseline(w), rate);
       lines.push(`#### Fixed load ${rate} req/s — ${WORKLOAD_TITLE[w]}`);
       lines.push('');
-      lines.push('| # | set-up | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 − no-auth p99 | errors |');
-      lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|');
+      lines.push('| # | set-up | achieved req/s | p50 ms | p90 ms | p99 ms (median round) | p99 each round | p99.9 ms | p99 − no-auth p99 | errors |');
+      lines.push('|---|---|---:|---:|---:|---:|---|---:|---:|---:|');
       for (const r of rows) {
         const p = at(r, rate);
         if (!p) continue;
         const delta = base && r.key !== 'noauth' ? f(p.latencyMs.p99 - base.latencyMs.p99) : '–';
-        lines.push(`| ${r.id} | ${r.title} | ${p.achieved} | ${f(p.latencyMs.p50)} | ${f(p.latencyMs.p90)} | ${f(p.latencyMs.p99)} | ${f(p.latencyMs.p999)} | ${delta} | ${errs(p)} |`);
+        const each = (p.p99Rounds ?? [p.latencyMs.p99]).map((x) => f(x)).join(', ');
+        lines.push(`| ${r.id} | ${r.title} | ${p.achieved} | ${f(p.latencyMs.p50)} | ${f(p.latencyMs.p90)} | ${f(p.latencyMs.p99)} | ${each} | ${f(p.latencyMs.p999)} | ${delta} | ${errs(p)} |`);
       }
       lines.push('');
     }
@@ -102,7 +103,9 @@ export function renderMarkdown(res: BenchResults): { full: string; summary: stri
     const bp = h ? at(baseline(w), h) : undefined;
     if (h && gp && bp) {
       const d = gp.latencyMs.p99 - bp.latencyMs.p99;
-      targetRows.push(`| p99 at half saturation (${h} req/s, ${w}) adds ≤ 1 ms over no-auth | ${f(gp.latencyMs.p99)} − ${f(bp.latencyMs.p99)} = ${f(d)} ms | ${d <= 1 ? 'met' : 'missed'} |`);
+      const rounds = (p: Point): string => (p.p99Rounds && p.p99Rounds.length > 1 ? p.p99Rounds.map((x) => f(x)).join(', ') : '');
+      const spread = rounds(gp) && rounds(bp) ? ` (each round: ${rounds(gp)} against ${rounds(bp)})` : '';
+      targetRows.push(`| p99 at half saturation (${h} req/s, ${w}) adds ≤ 1 ms over no-auth | ${f(gp.latencyMs.p99)} − ${f(bp.latencyMs.p99)} = ${f(d)} ms${spread} | ${d <= 1 ? 'met' : 'missed'} |`);
     }
   }
   if (targetRows.length > 0) {

@@ -63,13 +63,77 @@ export interface VerifierDeps {
   observer?: VerifyObserver;
 }
 
-interface CacheEntry {
-  principal: Principal;
-  issuer: IssuerRuntime;
-  kid: string | undefined;
-  alg: string;
-  /** The key that verified the signature: a cached token is trusted only while the issuer still has it. */
-  key: KeyObject;
+/**
+ * The principal of a verified token, and the token cache's entry for it.
+ *
+ * Its claims are not kept: `claims` decodes them again from the token the
+ * first time something reads them (a `{claims.NAME}` header template), and
+ * keeps them from then on. The cache's entries live for thousands of
+ * decisions, so each survives the young-generation collections that happen
+ * meanwhile and is copied by them, and then moved to the old generation: the
+ * parsed payload is a dozen small objects (an object per nesting level, an
+ * array per list, a string per value) and was most of that copying. With many
+ * different tokens, young-generation pauses were 4 ms at the median and set
+ * the p99 latency (docs/design/performance.md §6).
+ *
+ * The key that verified the signature and the issuer it belongs to ride along
+ * for the cache (a cached token is trusted only while its issuer still has
+ * that key); they are not part of `Principal`.
+ */
+class VerifiedPrincipal implements Principal {
+  private decodedClaims: Readonly<Record<string, unknown>> | undefined = undefined;
+  constructor(
+    readonly issuerName: string,
+    readonly issuer: string,
+    readonly sub: string,
+    readonly qualifiedSub: string,
+    readonly roles: readonly string[],
+    readonly effectiveRoles: ReadonlySet<string>,
+    readonly token: string,
+    readonly expiresAt: number,
+    readonly source: string,
+    readonly kid: string | undefined,
+    readonly alg: string,
+    readonly runtime: IssuerRuntime,
+    public key: KeyObject,
+  ) {}
+
+  get claims(): Readonly<Record<string, unknown>> {
+    this.decodedClaims ??= decodePayload(this.token);
+    return this.decodedClaims;
+  }
+
+  /** The same principal found through another credential source. */
+  withSource(source: string): VerifiedPrincipal {
+    return new VerifiedPrincipal(
+      this.issuerName,
+      this.issuer,
+      this.sub,
+      this.qualifiedSub,
+      this.roles,
+      this.effectiveRoles,
+      this.token,
+      this.expiresAt,
+      source,
+      this.kid,
+      this.alg,
+      this.runtime,
+      this.key,
+    );
+  }
+}
+
+/** The claims of a token that verified (so its payload is base64url JSON). */
+function decodePayload(token: string): Readonly<Record<string, unknown>> {
+  const d1 = token.indexOf('.');
+  const d2 = token.indexOf('.', d1 + 1);
+  try {
+    const v: unknown = JSON.parse(Buffer.from(token.slice(d1 + 1, d2), 'base64url').toString('utf8'));
+    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // not reachable for a token that verified
+  }
+  return {};
 }
 
 /**
@@ -101,9 +165,9 @@ export function createVerifier(deps: VerifierDeps): Verifier {
   const codec = createJwsCodec();
   const heldRoles = createRoleInterner(roles);
   const cache =
-    deps.cacheMaxEntries > 0 ? new LRUCache<string, CacheEntry>({ max: deps.cacheMaxEntries }) : undefined;
+    deps.cacheMaxEntries > 0 ? new LRUCache<string, VerifiedPrincipal>({ max: deps.cacheMaxEntries }) : undefined;
 
-  function checkClaims(parsed: ParsedJws, issuer: IssuerRuntime, token: string, source: string): VerifyResult {
+  function checkClaims(parsed: ParsedJws, issuer: IssuerRuntime, key: KeyObject, token: string, source: string): VerifiedPrincipal | Denial {
     const p = parsed.payload;
     const now = clock.now();
     const skew = issuer.clockSkewMs;
@@ -127,28 +191,28 @@ export function createVerifier(deps: VerifierDeps): Verifier {
       return denial('claims_invalid', `token has no "${issuer.subjectClaim}" claim`);
     }
     const held = heldRoles.hold(extractRoles(p, issuer.roleClaims));
-    return {
-      issuerName: issuer.name,
-      issuer: issuer.issuer,
+    return new VerifiedPrincipal(
+      issuer.name,
+      issuer.issuer,
       sub,
-      qualifiedSub: `${issuer.name}/${sub}`,
-      roles: held.roles,
-      effectiveRoles: held.effectiveRoles,
-      claims: p,
+      `${issuer.name}/${sub}`,
+      held.roles,
+      held.effectiveRoles,
       token,
-      expiresAt: exp * 1000,
+      exp * 1000,
       source,
-      // Part of the literal (not assigned afterwards): one object shape, same properties in the same order.
-      kid: parsed.kid,
-      alg: parsed.alg,
-    };
+      parsed.kid,
+      parsed.alg,
+      issuer,
+      key,
+    );
   }
 
   function finish(parsed: ParsedJws, issuer: IssuerRuntime, key: ResolvedKey, token: string, source: string, dryRun: boolean): VerifyResult {
     if (!codec.verify(parsed, key.key)) return denial('signature_invalid', 'token signature does not verify');
-    const result = checkClaims(parsed, issuer, token, source);
+    const result = checkClaims(parsed, issuer, key.key, token, source);
     if (isDenial(result)) return result;
-    if (cache && !dryRun) cache.set(tokenCacheKey(token), { principal: result, issuer, kid: parsed.kid, alg: parsed.alg, key: key.key });
+    if (cache && !dryRun) cache.set(tokenCacheKey(token), result);
     return result;
   }
 
@@ -164,19 +228,19 @@ export function createVerifier(deps: VerifierDeps): Verifier {
         const ck = tokenCacheKey(token);
         const found = cache.peek(ck);
         // Only this very token's entry counts (see tokenCacheKey).
-        const hit = found !== undefined && found.principal.token === token ? found : undefined;
+        const hit = found !== undefined && found.token === token ? found : undefined;
         if (hit) {
           if (!dryRun) cache.get(ck); // recency, as a get() of the token did before
-          if (clock.now() - hit.issuer.clockSkewMs < hit.principal.expiresAt) {
+          if (clock.now() - hit.runtime.clockSkewMs < hit.expiresAt) {
             // A key that has since been withdrawn (or keys gone stale) ends the cached trust too.
-            const k = hit.issuer.keys.get(hit.kid, hit.alg);
+            const k = hit.runtime.keys.get(hit.kid, hit.alg);
             // Same kid must still mean the same key (a refetch may build new KeyObjects for it).
             if (typeof k === 'object' && k.key !== hit.key && k.key.equals(hit.key)) hit.key = k.key;
             if (typeof k === 'object' && k.key === hit.key) {
-              if (!dryRun) observer?.cacheHit(hit.issuer.name);
-              return hit.principal.source === source ? hit.principal : { ...hit.principal, source };
+              if (!dryRun) observer?.cacheHit(hit.issuerName);
+              return hit.source === source ? hit : hit.withSource(source);
             }
-            if (k === 'unavailable') return keyDenial(hit.issuer, k, hit.kid);
+            if (k === 'unavailable') return keyDenial(hit.runtime, k, hit.kid);
           }
           if (!dryRun) cache.delete(ck);
         }

@@ -580,6 +580,36 @@ describe('verify: cache', () => {
     expect(again.source).toBe('cookie:access_token');
   });
 
+  it('gives a cached principal its claims, decoded from the token when first read, through any source', async () => {
+    const { verifier, observer } = setup();
+    const all = claims({ email: 'alice@example.com', address: { country: 'NZ' }, groups: ['g1', 'g2'] });
+    const token = await signToken(all, { key: rsa });
+    const first = expectPrincipal(now(verifier.verify(token, SOURCE)));
+    const cached = expectPrincipal(now(verifier.verify(token, SOURCE)));
+    const viaCookie = expectPrincipal(now(verifier.verify(token, 'cookie:access_token')));
+    expect(observer.hits).toHaveLength(2);
+    expect(cached).toBe(first);
+    for (const p of [first, viaCookie]) {
+      expect(p.claims).toEqual(all);
+      // Decoded once per principal, then kept.
+      expect(p.claims).toBe(p.claims);
+    }
+    expect(viaCookie.source).toBe('cookie:access_token');
+    expect(viaCookie.qualifiedSub).toBe('acme/alice');
+    expect([...viaCookie.effectiveRoles].sort()).toEqual([...first.effectiveRoles].sort());
+  });
+
+  it('keeps no decoded claims in a cache entry until something reads them', async () => {
+    const { verifier } = setup();
+    const token = await signToken(claims({ note: 'x'.repeat(64) }), { key: rsa });
+    const p = expectPrincipal(now(verifier.verify(token, SOURCE)));
+    // No own property of the cached principal holds the parsed payload yet.
+    const holdsPayload = (): boolean => Object.values(p).some((v) => typeof v === 'object' && v !== null && 'realm_access' in v);
+    expect(holdsPayload()).toBe(false);
+    expect(p.claims.note).toBe('x'.repeat(64));
+    expect(holdsPayload()).toBe(true);
+  });
+
   it('does not cache denials', async () => {
     const { verifier, observer } = setup();
     const token = await signToken(claims({ aud: 'other' }), { key: rsa });
