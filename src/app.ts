@@ -224,11 +224,11 @@ export function createApp(opts: AppOptions = {}): App {
       observer: {
         cacheHit: () => {
           cacheHits++;
-          metrics.tokenCache.inc({ result: 'hit' });
+          metrics.counts.tokenCacheHit();
         },
         cacheMiss: () => {
           cacheMisses++;
-          metrics.tokenCache.inc({ result: 'miss' });
+          metrics.counts.tokenCacheMiss();
         },
       },
     });
@@ -280,7 +280,7 @@ export function createApp(opts: AppOptions = {}): App {
     const seconds = (performance.now() - started) / 1000;
     const reason = d.kind === 'deny' ? d.reason : '';
     const route = d.route ?? '(none)';
-    metrics.decisions.inc({ route, decision: d.kind, reason });
+    metrics.counts.decision(route, d.kind, reason);
     metrics.decisionSeconds.observe({ decision: d.kind }, seconds);
     if (d.kind === 'allow' && d.wouldDeny) {
       for (const w of d.wouldDeny) metrics.wouldDeny.inc({ route, requirement: w.requirement, reason: w.reason });

@@ -1,8 +1,29 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/**
+ * The per-decision counters, kept in plain numbers and handed to prom-client
+ * when the metrics are read (its `collect` hook). prom-client's `inc(labels)`
+ * builds a key string from the label values on every call, about 0.3 µs and
+ * 0.5 KB of garbage per decision; here a decision adds 1 to a number found by
+ * two Map lookups. Route names come from configuration and reasons from a
+ * fixed set, so the maps stay small.
+ */
+export interface DecisionCounts {
+  decision(route: string, kind: 'allow' | 'deny', reason: string): void;
+  tokenCacheHit(): void;
+  tokenCacheMiss(): void;
+}
+
+interface Pending {
+  readonly labels: { route: string; decision: string; reason: string };
+  n: number;
+}
+
 /** Every metric portcullis exports, created per app instance on its own registry. */
 export interface Metrics {
   registry: Registry;
+  /** Use this for decisions and token-cache lookups, not `decisions.inc` / `tokenCache.inc`. */
+  counts: DecisionCounts;
   decisions: Counter<'route' | 'decision' | 'reason'>;
   decisionSeconds: Histogram<'decision'>;
   tokenCache: Counter<'result'>;
@@ -19,13 +40,54 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics 
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'portcullis_process_' });
   const registers = [registry];
+  // route → decision kind → reason → count not yet handed to prom-client.
+  const pending = new Map<string, { allow: Pending; deny: Map<string, Pending> }>();
+  let cacheHits = 0;
+  let cacheMisses = 0;
+  const counts: DecisionCounts = {
+    decision(route, kind, reason) {
+      let r = pending.get(route);
+      if (r === undefined) {
+        r = { allow: { labels: { route, decision: 'allow', reason: '' }, n: 0 }, deny: new Map() };
+        pending.set(route, r);
+      }
+      if (kind === 'allow') {
+        r.allow.n++;
+        return;
+      }
+      let e = r.deny.get(reason);
+      if (e === undefined) {
+        e = { labels: { route, decision: 'deny', reason }, n: 0 };
+        r.deny.set(reason, e);
+      }
+      e.n++;
+    },
+    tokenCacheHit() {
+      cacheHits++;
+    },
+    tokenCacheMiss() {
+      cacheMisses++;
+    },
+  };
   return {
     registry,
+    counts,
     decisions: new Counter({
       name: 'portcullis_decisions_total',
       help: 'Authorization decisions by route, decision and reason code',
       labelNames: ['route', 'decision', 'reason'],
       registers,
+      collect() {
+        const flush = (e: Pending): void => {
+          if (e.n === 0) return;
+          this.inc(e.labels, e.n);
+          e.n = 0;
+        };
+        for (const r of pending.values()) {
+          flush(r.allow);
+          for (const e of r.deny.values()) flush(e);
+        }
+      },
     }),
     decisionSeconds: new Histogram({
       name: 'portcullis_decision_duration_seconds',
@@ -39,6 +101,12 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics 
       help: 'Verified-token cache lookups by result (hit|miss)',
       labelNames: ['result'],
       registers,
+      collect() {
+        if (cacheHits > 0) this.inc({ result: 'hit' }, cacheHits);
+        if (cacheMisses > 0) this.inc({ result: 'miss' }, cacheMisses);
+        cacheHits = 0;
+        cacheMisses = 0;
+      },
     }),
     jwksFetches: new Counter({
       name: 'portcullis_jwks_fetches_total',
