@@ -44,6 +44,7 @@ import { parseConfig } from '../src/config/load.js';
 import { checkConfig } from '../src/config/validate.js';
 import { systemClock, systemScheduler, type CheckInput, type Decision, type FetchFn } from '../src/core/types.js';
 import { createLogger } from '../src/observability/logger.js';
+import { createMetrics } from '../src/observability/metrics.js';
 import { createDecider, type Decider } from '../src/pipeline/decide.js';
 import { createExchangeModule } from '../src/stages/exchange.js';
 import { createHopTokenModule } from '../src/stages/hop-token.js';
@@ -439,6 +440,12 @@ async function main(): Promise<void> {
   await measure('record(): the same with cached label children', () => {
     child.inc();
     hchild.observe(0.00002);
+  });
+  // What record() does now: plain counts (handed to prom-client when /metrics is read) and the histogram.
+  const appMetrics = createMetrics({ defaultMetrics: false });
+  await measure('record(): metrics.counts.decision + histogram.observe (what app.ts does)', () => {
+    appMetrics.counts.decision('sandbox-invoke', 'allow', '');
+    appMetrics.decisionSeconds.observe({ decision: 'allow' }, 0.00002);
   });
   // The debug page's ring as record() uses it: preallocated columns, nothing allocated per decision.
   const ring = createDecisionRing(500);

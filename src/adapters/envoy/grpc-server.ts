@@ -271,6 +271,8 @@ export function createGrpcServer(deps: {
     // The TLS handshake gets the same bound as the HTTP/2 one (Node's default would be 120 s).
     const handshakeTimeout = deps.limits?.handshakeTimeoutMs ?? DEFAULT_LIMITS.handshakeTimeoutMs;
     const secure = createTlsServer({
+      // A client's half-close must not end our side before its calls are answered (H2Connection.onPeerEnd).
+      allowHalfOpen: true,
       cert: m.cert,
       key: m.key,
       ca: m.ca,
@@ -294,7 +296,7 @@ export function createGrpcServer(deps: {
     secure.on('tlsClientError', ignore);
     server = secure;
   } else {
-    server = createNetServer({ noDelay: true }, (socket) => void accept(socket));
+    server = createNetServer({ noDelay: true, allowHalfOpen: true }, (socket) => void accept(socket));
   }
   server.on('error', ignore);
 

@@ -352,7 +352,7 @@ export class H2Connection {
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', () => this.destroy());
     this.socket.on('close', () => this.destroy());
-    this.socket.on('end', () => this.destroy());
+    this.socket.on('end', () => this.onPeerEnd());
   }
 
   /** Streams currently counted as open. */
@@ -595,6 +595,28 @@ export class H2Connection {
     if (this.closed || this.closing) return;
     this.closing = true;
     this.goaway(H2Error.NO_ERROR, '');
+    if (this.streams.size === 0) this.endSocket();
+  }
+
+  /**
+   * The client half-closed its side (TCP FIN): it sends nothing more, but may
+   * still read. Calls it finished sending are answered; streams still waiting
+   * for request bytes can never finish and are dropped; the socket ends after
+   * the last answer. (Servers create the socket with `allowHalfOpen`, or Node
+   * would end our side at once and lose the answers still being decided.)
+   */
+  private onPeerEnd(): void {
+    if (this.closed) return;
+    if (!this.settingsSeen) return this.destroy();
+    this.closing = true;
+    // Which calls will still be answered: those up to the last stream seen.
+    this.goaway(H2Error.NO_ERROR, '');
+    for (const st of [...this.streams.values()]) {
+      if (!(st.awaiting && !st.headersSent)) {
+        this.cancel(st);
+        this.closeStream(st);
+      }
+    }
     if (this.streams.size === 0) this.endSocket();
   }
 

@@ -994,6 +994,39 @@ describe('control frames', () => {
   });
 });
 
+describe("the client's half-close", () => {
+  it('calls the client finished sending are answered after its FIN, an unfinished one is dropped, then the server ends the connection', async () => {
+    const pending = new Pending();
+    const { port } = await startGrpc({ handle: pending.handle });
+    const peer = await open(port);
+    // Two whole calls, and a third whose body never comes.
+    peer.write(checkCall(1, '/one'), checkCall(3, '/three'), headers(5, checkHeaders()));
+    await pending.called(2);
+    peer.socket.end();
+    // The server has seen the FIN: it says GOAWAY, naming the last stream it saw.
+    const g = await peer.goaway();
+    expect(g.code).toBe(H2Error.NO_ERROR);
+    expect(g.lastStreamId).toBe(5);
+    expect(peer.closed).toBe(false);
+    pending.releaseAll();
+    expect(seenPath(await peer.response(1))).toBe('/one');
+    expect(seenPath(await peer.response(3))).toBe('/three');
+    await peer.closedP;
+    expect(pending.calls).toHaveLength(2);
+    expect(peer.framesOn(5)).toEqual([]);
+  });
+
+  it('a FIN with nothing in flight ends the connection at once', async () => {
+    const { port } = await startGrpc();
+    const peer = await open(port);
+    peer.write(checkCall(1, '/one'));
+    expect(seenPath(await peer.response(1))).toBe('/one');
+    peer.socket.end();
+    await peer.closedP;
+    expect((await peer.goaway()).code).toBe(H2Error.NO_ERROR);
+  });
+});
+
 describe('graceful shutdown and failing handlers', () => {
   it('GrpcServer.shutdown: GOAWAY NO_ERROR with the last stream id, calls in flight answered, later streams refused', async () => {
     const pending = new Pending();
