@@ -221,6 +221,7 @@ export function createApp(opts: AppOptions = {}): App {
       issuers,
       roles: compiled.policy.roles,
       cacheMaxEntries: config.tokenCache.maxEntries,
+      cacheAdmission: config.tokenCache.admission,
       observer: {
         cacheHit: () => {
           cacheHits++;

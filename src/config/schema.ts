@@ -306,6 +306,8 @@ export const configSchema = z.strictObject({
   tokenCache: z
     .strictObject({
       maxEntries: z.number().int().nonnegative().default(10_000),
+      /** second-use: cache a token from its second verification on (single-use tokens never churn the cache). */
+      admission: z.enum(['second-use', 'first-use']).default('second-use'),
     })
     .prefault({}),
   issuers: z.array(issuer).default([]),

@@ -60,8 +60,16 @@ export interface VerifierDeps {
   issuers: readonly IssuerRuntime[];
   roles: RoleResolver;
   cacheMaxEntries: number;
+  /**
+   * Which verified tokens the cache takes: `second-use` (the default) caches a
+   * token the second time it verifies within a window of `cacheMaxEntries`
+   * other new tokens, `first-use` every token that verifies.
+   */
+  cacheAdmission?: CacheAdmission;
   observer?: VerifyObserver;
 }
+
+export type CacheAdmission = 'first-use' | 'second-use';
 
 /**
  * The principal of a verified token, and the token cache's entry for it.
@@ -151,6 +159,62 @@ export function tokenCacheKey(token: string): string {
   return token.length > TOKEN_KEY_CHARS ? token.slice(-TOKEN_KEY_CHARS) : token;
 }
 
+/**
+ * The token cache's admission filter: the "doorkeeper" of TinyLFU (Einziger,
+ * Friedman, Manes: "TinyLFU: A Highly Efficient Cache Admission Policy").
+ *
+ * A token that verifies is cached only if it verified once before within the
+ * last `window` first sightings. Tokens used once, or so rarely that they would
+ * be evicted before their next use, then cost no cache insert and no eviction,
+ * and never push out tokens that are in use: with 20,000 tokens cycling
+ * through a 10,000-entry LRU every entry used to be inserted, evicted unused
+ * and collected from the old generation, which made young-generation pauses
+ * several milliseconds long (docs/design/performance.md §8). A token in use
+ * is cached from its second request on; the price is one more verification per
+ * token, not per request.
+ *
+ * A direct-mapped table of fingerprints of the token's last characters (its
+ * signature: random), cleared after `window` first sightings. A collision only
+ * caches a token on its first use, as without the filter; the cache itself
+ * still keys and compares the whole token.
+ */
+interface Doorkeeper {
+  /** True when `token` was seen since the last clear (and forgets it); otherwise remembers it. */
+  admit(token: string): boolean;
+}
+
+const FINGERPRINT_CHARS = 24;
+
+function createDoorkeeper(window: number): Doorkeeper {
+  let size = 1024;
+  while (size < 2 * window) size *= 2;
+  const table = new Int32Array(size);
+  const mask = size - 1;
+  let seen = 0;
+  return {
+    admit(token) {
+      // FNV-1a over the end of the signature.
+      let h = 0x811c9dc5;
+      for (let i = Math.max(0, token.length - FINGERPRINT_CHARS); i < token.length; i++) {
+        h ^= token.charCodeAt(i);
+        h = Math.imul(h, 0x01000193);
+      }
+      const slot = (h >>> 7) & mask;
+      const fp = h | 1;
+      if (table[slot] === fp) {
+        table[slot] = 0;
+        return true;
+      }
+      table[slot] = fp;
+      if (++seen >= window) {
+        table.fill(0);
+        seen = 0;
+      }
+      return false;
+    },
+  };
+}
+
 function numericClaim(payload: Readonly<Record<string, unknown>>, name: string): number | undefined | Denial {
   const v = payload[name];
   if (v === undefined) return undefined;
@@ -166,6 +230,7 @@ export function createVerifier(deps: VerifierDeps): Verifier {
   const heldRoles = createRoleInterner(roles);
   const cache =
     deps.cacheMaxEntries > 0 ? new LRUCache<string, VerifiedPrincipal>({ max: deps.cacheMaxEntries }) : undefined;
+  const doorkeeper = cache && deps.cacheAdmission !== 'first-use' ? createDoorkeeper(deps.cacheMaxEntries) : undefined;
 
   function checkClaims(parsed: ParsedJws, issuer: IssuerRuntime, key: KeyObject, token: string, source: string): VerifiedPrincipal | Denial {
     const p = parsed.payload;
@@ -212,7 +277,7 @@ export function createVerifier(deps: VerifierDeps): Verifier {
     if (!codec.verify(parsed, key.key)) return denial('signature_invalid', 'token signature does not verify');
     const result = checkClaims(parsed, issuer, key.key, token, source);
     if (isDenial(result)) return result;
-    if (cache && !dryRun) cache.set(tokenCacheKey(token), result);
+    if (cache && !dryRun && (doorkeeper === undefined || doorkeeper.admit(token))) cache.set(tokenCacheKey(token), result);
     return result;
   }
 

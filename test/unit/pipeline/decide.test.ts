@@ -93,7 +93,13 @@ function build(opts: { yaml?: string; keys?: (name: string, inner: KeySource) =>
   });
   const verifier =
     opts.verifier ??
-    createVerifier({ clock, issuers, roles: createRoleResolver(config.roles), cacheMaxEntries: config.tokenCache.maxEntries });
+    createVerifier({
+      clock,
+      issuers,
+      roles: createRoleResolver(config.roles),
+      cacheMaxEntries: config.tokenCache.maxEntries,
+      cacheAdmission: config.tokenCache.admission,
+    });
   return { config, policy: checked.policy, verifier, decider: createDecider({ policy: checked.policy, verifier }) };
 }
 
@@ -664,10 +670,14 @@ describe('decide: shadow mode', () => {
 });
 
 describe('decide: dry run', () => {
-  it('does not fill the token cache', async () => {
+  it('does not fill the token cache, nor count as a first use for its admission', async () => {
     const { decider, verifier } = build();
     const input = req(INVOKE, bearer(await acmeToken()), { method: 'POST' });
     expectAllow(now(decider.decide(input, undefined, { dryRun: true })));
+    expectAllow(now(decider.decide(input, undefined, { dryRun: true })));
+    expect(verifier.cacheSize()).toBe(0);
+    // Admission is on second use (the default): the first real decision does not cache yet.
+    expectAllow(now(decider.decide(input)));
     expect(verifier.cacheSize()).toBe(0);
     expectAllow(now(decider.decide(input)));
     expect(verifier.cacheSize()).toBe(1);

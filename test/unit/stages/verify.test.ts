@@ -8,6 +8,7 @@ import { createRoleResolver } from '../../../src/stages/roles.js';
 import {
   createVerifier,
   tokenCacheKey,
+  type CacheAdmission,
   type IssuerRuntime,
   type Verifier,
   type VerifierDeps,
@@ -120,7 +121,8 @@ interface Setup {
   observer: Counting;
 }
 
-function setup(opts: { issuers?: IssuerRuntime[]; cacheMaxEntries?: number; fake?: FakeClock } = {}): Setup {
+/** Cache mechanics are tested with first-use admission (every verified token cached); admission has its own tests. */
+function setup(opts: { issuers?: IssuerRuntime[]; cacheMaxEntries?: number; cacheAdmission?: CacheAdmission; fake?: FakeClock } = {}): Setup {
   const fake = opts.fake ?? createFakeClock(T0);
   const observer = countingObserver();
   const deps: VerifierDeps = {
@@ -128,6 +130,7 @@ function setup(opts: { issuers?: IssuerRuntime[]; cacheMaxEntries?: number; fake
     issuers: opts.issuers ?? [issuerRuntime(staticKeys())],
     roles: createRoleResolver(ROLE_GRAPH),
     cacheMaxEntries: opts.cacheMaxEntries ?? 100,
+    cacheAdmission: opts.cacheAdmission ?? 'first-use',
     observer,
   };
   return { verifier: createVerifier(deps), fake, observer };
@@ -608,6 +611,54 @@ describe('verify: cache', () => {
     expect(holdsPayload()).toBe(false);
     expect(p.claims.note).toBe('x'.repeat(64));
     expect(holdsPayload()).toBe(true);
+  });
+
+  it('admission second-use (the default): a token is cached when it verifies the second time, then served from the cache', async () => {
+    const fake = createFakeClock(T0);
+    const observer = countingObserver();
+    const verifier = createVerifier({ clock: fake.clock, issuers: [issuerRuntime(staticKeys())], roles: createRoleResolver(ROLE_GRAPH), cacheMaxEntries: 100, observer });
+    const token = await signToken(claims(), { key: rsa });
+    expectPrincipal(now(verifier.verify(token, SOURCE)));
+    expect(verifier.cacheSize()).toBe(0);
+    expectPrincipal(now(verifier.verify(token, SOURCE)));
+    expect(verifier.cacheSize()).toBe(1);
+    expect(observer.misses).toBe(2);
+    expectPrincipal(now(verifier.verify(token, SOURCE)));
+    expectPrincipal(now(verifier.verify(token, SOURCE)));
+    expect(observer.hits).toEqual(['acme', 'acme']);
+    expect(observer.misses).toBe(2);
+  });
+
+  it('admission second-use: tokens used once never enter the cache, and do not push out a token in use', async () => {
+    const { verifier, observer } = setup({ cacheMaxEntries: 4, cacheAdmission: 'second-use' });
+    const hot = await signToken(claims({ sub: 'hot' }), { key: rsa });
+    expectPrincipal(now(verifier.verify(hot, SOURCE)));
+    expectPrincipal(now(verifier.verify(hot, SOURCE)));
+    expect(verifier.cacheSize()).toBe(1);
+    // Many single-use tokens: with first-use admission these would have evicted `hot` from a 4-entry LRU.
+    for (let i = 0; i < 10; i++) expectPrincipal(now(verifier.verify(await signToken(claims({ sub: `once-${i}` }), { key: rsa }), SOURCE)));
+    expect(verifier.cacheSize()).toBe(1);
+    const hitsBefore = observer.hits.length;
+    expect(expectPrincipal(now(verifier.verify(hot, SOURCE))).sub).toBe('hot');
+    expect(observer.hits.length).toBe(hitsBefore + 1);
+  });
+
+  it('admission second-use forgets a first sighting after a window of cacheMaxEntries other new tokens', async () => {
+    const { verifier } = setup({ cacheMaxEntries: 3, cacheAdmission: 'second-use' });
+    const late = await signToken(claims({ sub: 'late' }), { key: rsa });
+    expectPrincipal(now(verifier.verify(late, SOURCE)));
+    for (let i = 0; i < 3; i++) expectPrincipal(now(verifier.verify(await signToken(claims({ sub: `other-${i}` }), { key: rsa }), SOURCE)));
+    // Its first sighting has been forgotten: this is a first use again, not cached.
+    expectPrincipal(now(verifier.verify(late, SOURCE)));
+    expect(verifier.cacheSize()).toBe(0);
+    expectPrincipal(now(verifier.verify(late, SOURCE)));
+    expect(verifier.cacheSize()).toBe(1);
+  });
+
+  it('admission first-use caches every token that verifies', async () => {
+    const { verifier } = setup({ cacheAdmission: 'first-use' });
+    expectPrincipal(now(verifier.verify(await signToken(claims(), { key: rsa }), SOURCE)));
+    expect(verifier.cacheSize()).toBe(1);
   });
 
   it('does not cache denials', async () => {
