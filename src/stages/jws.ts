@@ -278,6 +278,8 @@ function verify(jws: ParsedJws, key: KeyObject, sc: Scratch): boolean {
  */
 export interface JwsCodec {
   parse(token: string): ParsedJws | Denial;
+  /** The payload as `parse` decodes it (a JSON object), or undefined when the token has none. */
+  payload(token: string): Record<string, unknown> | undefined;
   /** True when the signature verifies under `key` with the token's `alg`. Never throws. */
   verify(jws: ParsedJws, key: KeyObject): boolean;
 }
@@ -287,6 +289,11 @@ export function createJwsCodec(opts: { headerCacheMax?: number } = {}): JwsCodec
   const headers = createHeaderCache(sc, opts.headerCacheMax ?? 256);
   return {
     parse: (token) => parse(token, headers, sc),
+    payload(token) {
+      const d1 = token.indexOf('.');
+      const d2 = d1 < 0 ? -1 : token.indexOf('.', d1 + 1);
+      return d2 < 0 ? undefined : decodeJsonSegment(token.slice(d1 + 1, d2), sc);
+    },
     verify: (jws, key) => verify(jws, key, sc),
   };
 }

@@ -4,7 +4,7 @@ import type { KeySource, ResolvedKey } from '../adapters/oidc/key-source.js';
 import { denial, isDenial, type Denial } from '../core/errors.js';
 import type { IssuerConfig } from '../config/schema.js';
 import type { Clock, Principal } from '../core/types.js';
-import { createJwsCodec, type ParsedJws } from './jws.js';
+import { createJwsCodec, type JwsCodec, type ParsedJws } from './jws.js';
 import { createRoleInterner, extractRoles, type RoleResolver } from './roles.js';
 
 /** One configured issuer (a Keycloak realm = one tenant), ready for the hot path. */
@@ -104,10 +104,12 @@ class VerifiedPrincipal implements Principal {
     readonly alg: string,
     readonly runtime: IssuerRuntime,
     public key: KeyObject,
+    /** The verifier's codec, which decoded the payload once already (the token verified, so it decodes). */
+    private readonly codec: JwsCodec,
   ) {}
 
   get claims(): Readonly<Record<string, unknown>> {
-    this.decodedClaims ??= decodePayload(this.token);
+    this.decodedClaims ??= this.codec.payload(this.token) ?? {};
     return this.decodedClaims;
   }
 
@@ -127,21 +129,9 @@ class VerifiedPrincipal implements Principal {
       this.alg,
       this.runtime,
       this.key,
+      this.codec,
     );
   }
-}
-
-/** The claims of a token that verified (so its payload is base64url JSON). */
-function decodePayload(token: string): Readonly<Record<string, unknown>> {
-  const d1 = token.indexOf('.');
-  const d2 = token.indexOf('.', d1 + 1);
-  try {
-    const v: unknown = JSON.parse(Buffer.from(token.slice(d1 + 1, d2), 'base64url').toString('utf8'));
-    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // not reachable for a token that verified
-  }
-  return {};
 }
 
 /**
@@ -270,6 +260,7 @@ export function createVerifier(deps: VerifierDeps): Verifier {
       parsed.alg,
       issuer,
       key,
+      codec,
     );
   }
 

@@ -160,6 +160,10 @@ export class H2Stream {
   blocked = false;
   /** @internal the request was handed to onRequest and the handler has not answered yet (its slot is kept even if the stream is reset). */
   awaiting = false;
+  /** @internal a decision is running for it: the handler has the request and has not answered yet. */
+  get deciding(): boolean {
+    return this.awaiting && !this.headersSent;
+  }
   /** @internal the request's content-length, or -1 (RFC 9113 §8.1.1: it must match the DATA received). */
   contentLength = -1;
   /** @internal */ body: Buffer | undefined = undefined;
@@ -611,12 +615,7 @@ export class H2Connection {
     this.closing = true;
     // Which calls will still be answered: those up to the last stream seen.
     this.goaway(H2Error.NO_ERROR, '');
-    for (const st of [...this.streams.values()]) {
-      if (!(st.awaiting && !st.headersSent)) {
-        this.cancel(st);
-        this.closeStream(st);
-      }
-    }
+    for (const st of [...this.streams.values()]) if (!st.deciding) this.endStreamNow(st);
     if (this.streams.size === 0) this.endSocket();
   }
 
@@ -843,7 +842,7 @@ export class H2Connection {
    * otherwise it is free now.
    */
   private endStreamNow(st: H2Stream): void {
-    const working = st.awaiting && !st.headersSent;
+    const working = st.deciding;
     this.cancel(st);
     if (!working) return this.closeStream(st);
     st.state = State.Closed;
