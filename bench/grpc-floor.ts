@@ -1,7 +1,7 @@
 /**
  * Transport floors of a gRPC ext_authz server in Node, for docs/benchmarks.md
  * ("what limits portcullis over gRPC"): no decision at all. Each Check call is
- * read, decoded with portcullis's codec, mapped with toCheckInput(), and
+ * read, decoded into a CheckInput with portcullis's codec, and
  * answered with one precomputed allow.
  *   node dist/bench/grpc-floor.js lean   portcullis's own transport (createGrpcServer:
  *                                        h2/connection.ts + HPACK), set-up 7
@@ -11,7 +11,7 @@
  */
 import { createServer, constants, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { decodeCheckRequest, encodeCheckResponse, toCheckInput } from '../src/adapters/envoy/grpc-mapping.js';
+import { createCheckRequestDecoder, encodeCheckResponse } from '../src/adapters/envoy/grpc-mapping.js';
 import { createGrpcServer } from '../src/adapters/envoy/grpc-server.js';
 import type { Decision } from '../src/core/types.js';
 
@@ -30,6 +30,7 @@ function http2(): void {
   const frame = Buffer.alloc(5 + body.length);
   frame.writeUInt32BE(body.length, 1);
   body.copy(frame, 5);
+  const requests = createCheckRequestDecoder();
   const server = createServer();
   server.on('stream', (stream: ServerHttp2Stream) => {
     // A stream Envoy resets (or a session that goes away) must not take the process down.
@@ -40,7 +41,7 @@ function http2(): void {
       if (stream.destroyed || stream.closed) return;
       try {
         const msg = Buffer.concat(chunks);
-        const input = toCheckInput(decodeCheckRequest(msg.subarray(5)));
+        const input = requests.decode(msg.subarray(5));
         if (!input) {
           stream.respond({ [constants.HTTP2_HEADER_STATUS]: 200, 'content-type': 'application/grpc', 'grpc-status': '13' }, { endStream: true });
           return;

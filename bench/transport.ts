@@ -3,7 +3,7 @@
  * (Debian's nghttp2-client, installed by scripts/provision/bench-tools.sh)
  * sends the same Check request — an Envoy-shaped CheckRequest, 276 bytes on
  * the wire — over one HTTP/2 connection with 32 streams in flight to the two
- * transport floors of bench/grpc-floor.ts (decode + toCheckInput + a
+ * transport floors of bench/grpc-floor.ts (decode into a CheckInput + a
  * precomputed allow, no decision):
  *   lean   portcullis's own HTTP/2 layer (src/adapters/envoy/h2/, grpc-server.ts)
  *   http2  node:http2, the transport portcullis used before

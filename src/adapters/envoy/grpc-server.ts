@@ -6,7 +6,7 @@ import { denial } from '../../core/errors.js';
 import type { CheckInput, Decision } from '../../core/types.js';
 import { toDeny } from '../../pipeline/decide.js';
 import { uriSans, type CertWatcher } from '../tls/cert-watcher.js';
-import { decodeCheckRequest, encodeCheckResponseFrame, toCheckInput } from './grpc-mapping.js';
+import { createCheckRequestDecoder, encodeCheckResponseFrame } from './grpc-mapping.js';
 import { decodeHealthCheckRequest, healthResponseFrame, HealthStatus, type HealthStatusCode } from './grpc-health.js';
 import { DEFAULT_LIMITS, H2Connection, type H2Handler, type H2Limits, type H2Stream } from './h2/connection.js';
 import { encodeHeaderBlock } from './h2/hpack.js';
@@ -162,6 +162,8 @@ export function createGrpcServer(deps: {
   const healthOf = (service: string): HealthStatusCode | undefined =>
     service === '' || service === AUTH_SERVICE_NAME ? (serving ? HealthStatus.SERVING : HealthStatus.NOT_SERVING) : undefined;
 
+  const requests = createCheckRequestDecoder();
+
   function frameOf(d: Decision): Buffer {
     try {
       return encodeCheckResponseFrame(d);
@@ -178,7 +180,7 @@ export function createGrpcServer(deps: {
     let input: CheckInput | undefined;
     if (message) {
       try {
-        input = toCheckInput(decodeCheckRequest(message));
+        input = requests.decode(message);
       } catch {
         input = undefined;
       }
