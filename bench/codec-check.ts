@@ -1,11 +1,13 @@
 /**
  * Equivalence check of the hot-path gRPC codec (src/adapters/envoy/grpc-mapping.ts)
  * against protobufjs (what @grpc/proto-loader uses), run first by
- * `npm run bench:micro`, by the unit suite (test/unit/adapters/envoy/codec.test.ts)
+ * `npm run bench:micro`, by the unit suite (test/unit/adapters/envoy/grpc-codec.test.ts)
  * and on its own with `node dist/bench/codec-check.js [rounds] [seed]`:
  *
  * - encodeCheckResponse(d) must be byte-identical to protobufjs's encoding of
- *   toCheckResponse(d), for allows and denies of every shape;
+ *   toCheckResponse(d), for allows and denies of every shape, and the server's
+ *   encoder (createCheckResponseEncoder, which reuses its size plan from call to
+ *   call) must frame exactly those bytes;
  * - createCheckRequestDecoder().decode(bytes) must equal
  *   toCheckInput(protobufjs decode of bytes), for requests with and without
  *   header_map, raw values, context extensions, peer principals, unknown fields,
@@ -17,7 +19,7 @@
  * Random but reproducible: every run draws from a seeded generator, and a
  * failure names its seed.
  */
-import { createCheckRequestDecoder, encodeCheckResponse, toCheckInput, toCheckResponse } from '../src/adapters/envoy/grpc-mapping.js';
+import { createCheckRequestDecoder, createCheckResponseEncoder, encodeCheckResponse, toCheckInput, toCheckResponse } from '../src/adapters/envoy/grpc-mapping.js';
 import { loadAuthorizationService } from '../src/adapters/envoy/protos.js';
 import type { CheckInput, Decision } from '../src/core/types.js';
 import type { CheckRequest__Output } from '../src/generated/envoy/service/auth/v3/CheckRequest.js';
@@ -119,11 +121,16 @@ export function runCodecCheck(rounds = 5_000, seed = 1): { responses: number; re
   const check = loadAuthorizationService().Check;
   if (!check) throw new Error('no Check method');
   const rnd = seeded(seed);
+  const encoder = createCheckResponseEncoder();
   for (let n = 0; n < rounds; n++) {
     const d = randomDecision(rnd);
     const ours = encodeCheckResponse(d);
     const theirs = check.responseSerialize(toCheckResponse(d));
     if (!ours.equals(theirs)) throw new Error(`seed ${seed}: encodeCheckResponse differs from protobufjs for ${JSON.stringify(d)}:\n${ours.toString('hex')}\n${theirs.toString('hex')}`);
+    const frame = encoder.frame(d);
+    if (frame[0] !== 0 || frame.readUInt32BE(1) !== theirs.length || !frame.subarray(5).equals(theirs)) {
+      throw new Error(`seed ${seed}: the server's encoder frames other bytes for ${JSON.stringify(d)}:\n${frame.toString('hex')}\n${theirs.toString('hex')}`);
+    }
   }
   const decoders = [createCheckRequestDecoder(), createCheckRequestDecoder({ nameSlots: 16 })];
   for (let n = 0; n < rounds; n++) {

@@ -427,10 +427,31 @@ function fieldSize(len: number): number {
   return 1 + varintSize(len) + len;
 }
 
-/** Sizes in the order the writer needs them (first pass fills, second pass reads). */
-interface Plan {
-  sizes: number[];
-  at: number;
+/**
+ * Sizes in the order the writer needs them (the first pass fills, the second
+ * reads). An encoder instance reuses its plan from call to call (encoding is
+ * synchronous), so a response allocates no array for them.
+ */
+class Plan {
+  sizes = new Int32Array(64);
+  n = 0;
+  at = 0;
+  reset(): this {
+    this.n = 0;
+    this.at = 0;
+    return this;
+  }
+  push(v: number): void {
+    if (this.n === this.sizes.length) {
+      const grown = new Int32Array(this.sizes.length * 2);
+      grown.set(this.sizes);
+      this.sizes = grown;
+    }
+    this.sizes[this.n++] = v;
+  }
+  next(): number {
+    return this.sizes[this.at++] as number;
+  }
 }
 
 /** Strings up to this length are written by a loop rather than buf.write. */
@@ -477,19 +498,21 @@ function sizeHeaders(list: readonly { name: string; value: string }[], p: Plan):
     const v = Buffer.byteLength(h.value);
     const hv = fieldSize(k) + fieldSize(v);
     const hvo = fieldSize(hv) + 2; // + append_action (tag 24, value 2)
-    p.sizes.push(k, v, hv, hvo);
+    p.push(k);
+    p.push(v);
+    p.push(hv);
+    p.push(hvo);
     total += fieldSize(hvo);
   }
   return total;
 }
 
 function writeHeaders(o: Out, tag: number, list: readonly { name: string; value: string }[], p: Plan): void {
-  const s = p.sizes;
   for (const h of list) {
-    const k = s[p.at++] as number;
-    const v = s[p.at++] as number;
-    const hv = s[p.at++] as number;
-    const hvo = s[p.at++] as number;
+    const k = p.next();
+    const v = p.next();
+    const hv = p.next();
+    const hvo = p.next();
     o.byte(tag);
     o.varint(hvo);
     o.byte(10);
@@ -511,25 +534,26 @@ function sizeStruct(md: Record<string, string | string[]>, p: Plan): number {
       let list = 0;
       for (const item of v) {
         const n = Buffer.byteLength(item);
-        p.sizes.push(n);
+        p.push(n);
         list += fieldSize(fieldSize(n));
       }
-      p.sizes.push(list);
+      p.push(list);
       value = fieldSize(list);
     } else {
       const n = Buffer.byteLength(v);
-      p.sizes.push(n);
+      p.push(n);
       value = fieldSize(n);
     }
     const entry = fieldSize(k) + fieldSize(value);
-    p.sizes.push(k, value, entry);
+    p.push(k);
+    p.push(value);
+    p.push(entry);
     total += fieldSize(entry);
   }
   return total;
 }
 
 function writeStruct(o: Out, md: Record<string, string | string[]>, p: Plan): void {
-  const s = p.sizes;
   for (const key in md) {
     const v = md[key] as string | string[];
     // sizes were pushed value-first: item lengths (+ list), then key, value, entry
@@ -537,11 +561,11 @@ function writeStruct(o: Out, md: Record<string, string | string[]>, p: Plan): vo
     const itemAt = p.at;
     if (Array.isArray(v)) {
       p.at += v.length;
-      list = s[p.at++] as number;
+      list = p.next();
     } else p.at++;
-    const k = s[p.at++] as number;
-    const value = s[p.at++] as number;
-    const entry = s[p.at++] as number;
+    const k = p.next();
+    const value = p.next();
+    const entry = p.next();
     o.byte(10);
     o.varint(entry);
     o.str(10, key, k);
@@ -551,12 +575,12 @@ function writeStruct(o: Out, md: Record<string, string | string[]>, p: Plan): vo
       o.byte(50);
       o.varint(list);
       for (let i = 0; i < v.length; i++) {
-        const n = s[itemAt + i] as number;
+        const n = p.sizes[itemAt + i] as number;
         o.byte(10);
         o.varint(fieldSize(n));
         o.str(26, v[i] as string, n);
       }
-    } else o.str(26, v, s[itemAt] as number);
+    } else o.str(26, v, p.sizes[itemAt] as number);
   }
 }
 
@@ -565,28 +589,37 @@ function writeStruct(o: Out, md: Record<string, string | string[]>, p: Plan): vo
  * writes for that object, without building it.
  */
 export function encodeCheckResponse(d: Decision): Buffer {
-  return encodeResponse(d, 0);
+  return encodeResponse(d, 0, new Plan());
 }
 
 /**
- * encodeCheckResponse(d) as one gRPC length-prefixed message (flag 0 = not
- * compressed, 4-byte big-endian length, message), in a single allocation.
+ * The server's encoder: encodeCheckResponse(d) as one gRPC length-prefixed
+ * message (flag 0 = not compressed, 4-byte big-endian length, message), in a
+ * single allocation, with a size plan reused from call to call.
  */
-export function encodeCheckResponseFrame(d: Decision): Buffer {
-  const buf = encodeResponse(d, 5);
-  buf[0] = 0;
-  buf.writeUInt32BE(buf.length - 5, 1);
-  return buf;
+export interface CheckResponseEncoder {
+  frame(d: Decision): Buffer;
 }
 
-function encodeResponse(d: Decision, start: number): Buffer {
-  const p: Plan = { sizes: [], at: 0 };
+export function createCheckResponseEncoder(): CheckResponseEncoder {
+  const plan = new Plan();
+  return {
+    frame(d) {
+      const buf = encodeResponse(d, 5, plan.reset());
+      buf[0] = 0;
+      buf.writeUInt32BE(buf.length - 5, 1);
+      return buf;
+    },
+  };
+}
+
+function encodeResponse(d: Decision, start: number, p: Plan): Buffer {
   if (d.kind === 'allow') {
     const headers = sizeHeaders(d.headersToSet, p);
     let remove = 0;
     for (const name of d.headersToRemove) {
       const n = Buffer.byteLength(name);
-      p.sizes.push(n);
+      p.push(n);
       remove += fieldSize(n);
     }
     const ok = headers + remove;
@@ -603,7 +636,7 @@ function encodeResponse(d: Decision, start: number): Buffer {
     o.byte(26);
     o.varint(ok);
     writeHeaders(o, 18, d.headersToSet, p);
-    for (const name of d.headersToRemove) o.str(42, name, p.sizes[p.at++] as number);
+    for (const name of d.headersToRemove) o.str(42, name, p.next());
     o.byte(34);
     o.varint(meta);
     writeStruct(o, d.metadata, p);

@@ -6,7 +6,7 @@ import { denial } from '../../core/errors.js';
 import type { CheckInput, Decision } from '../../core/types.js';
 import { toDeny } from '../../pipeline/decide.js';
 import { uriSans, type CertWatcher } from '../tls/cert-watcher.js';
-import { createCheckRequestDecoder, encodeCheckResponseFrame } from './grpc-mapping.js';
+import { createCheckRequestDecoder, createCheckResponseEncoder } from './grpc-mapping.js';
 import { decodeHealthCheckRequest, healthResponseFrame, HealthStatus, type HealthStatusCode } from './grpc-health.js';
 import { DEFAULT_LIMITS, H2Connection, type H2Handler, type H2Limits, type H2Stream } from './h2/connection.js';
 import { encodeHeaderBlock } from './h2/hpack.js';
@@ -163,12 +163,13 @@ export function createGrpcServer(deps: {
     service === '' || service === AUTH_SERVICE_NAME ? (serving ? HealthStatus.SERVING : HealthStatus.NOT_SERVING) : undefined;
 
   const requests = createCheckRequestDecoder();
+  const responses = createCheckResponseEncoder();
 
   function frameOf(d: Decision): Buffer {
     try {
-      return encodeCheckResponseFrame(d);
+      return responses.frame(d);
     } catch {
-      return encodeCheckResponseFrame(internal());
+      return responses.frame(internal());
     }
   }
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { runCodecCheck } from '../../../../bench/codec-check.js';
-import { createCheckRequestDecoder } from '../../../../src/adapters/envoy/grpc-mapping.js';
+import { createCheckRequestDecoder, createCheckResponseEncoder, encodeCheckResponse } from '../../../../src/adapters/envoy/grpc-mapping.js';
+import type { Decision } from '../../../../src/core/types.js';
 import { loadAuthorizationService } from '../../../../src/adapters/envoy/protos.js';
 
 const check = loadAuthorizationService().Check;
@@ -116,5 +117,30 @@ describe('CheckRequest decoder', () => {
     expect(d.decode(wire(undefined))).toBeUndefined();
     const full = wire(http({ authorization: 'Bearer abc' }));
     for (let cut = 1; cut < 6; cut++) expect(() => d.decode(full.subarray(0, full.length - cut))).toThrow(RangeError);
+  });
+});
+
+describe('CheckResponse encoder', () => {
+  it('frames the same bytes as encodeCheckResponse, also after its size plan has grown for a large decision', () => {
+    const encoder = createCheckResponseEncoder();
+    const small: Decision = { kind: 'allow', route: 'r', headersToSet: [{ name: 'x-user-sub', value: 'alice' }], headersToRemove: [], metadata: { route: 'r', decision: 'allow' } };
+    // 50 headers and 40 roles: several hundred sizes, past the plan's first 64 slots.
+    const large: Decision = {
+      kind: 'allow',
+      route: 'r',
+      headersToSet: Array.from({ length: 50 }, (_, i) => ({ name: `x-h${i}`, value: `v${i}` })),
+      headersToRemove: ['x-spoofed'],
+      metadata: { route: 'r', roles: Array.from({ length: 40 }, (_, i) => `role-${i}`), decision: 'allow' },
+    };
+    const deny: Decision = { kind: 'deny', route: 'r', status: 403, reason: 'missing_role', message: 'nope', headers: [], metadata: { route: 'r', decision: 'deny' } };
+    for (const d of [small, large, small, deny, large, deny]) {
+      const body = encodeCheckResponse(d);
+      const frame = encoder.frame(d);
+      expect(frame[0]).toBe(0);
+      expect(frame.readUInt32BE(1)).toBe(body.length);
+      expect(frame.subarray(5).equals(body)).toBe(true);
+      const decoded = check!.responseDeserialize(frame.subarray(5)) as { ok_response?: { headers: unknown[] } | null };
+      if (d === large) expect(decoded.ok_response?.headers).toHaveLength(50);
+    }
   });
 });
