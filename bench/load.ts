@@ -103,6 +103,11 @@ export interface Point {
   authzCluster?: { counters: Record<string, number>; upstreamRqTime?: string };
   /** Fixed loads: p99 (ms) of every round at this load, in round order; this point is the round with the median p99. */
   p99Rounds?: number[];
+  /**
+   * portcullis's token-cache lookups during this point (set-ups 3, 4, 6): the
+   * all-different-tokens workload must be all misses, the others all hits.
+   */
+  tokenCache?: { hits: number; misses: number };
 }
 
 export interface SetupResult {
@@ -370,14 +375,36 @@ async function main(): Promise<void> {
       }
       return out;
     };
+    // Every run against one set-up and workload goes on in the requests file where the last
+    // one stopped (bench/wrk/bench.lua): the all-different-tokens workload then walks its pool
+    // in one unbroken cycle, and a token comes back only after the whole pool, by which time
+    // portcullis's admission filter has forgotten it (a run starting again at the first token
+    // would resend tokens sent moments before, and the cache would take them).
+    const sentSoFar = new Map<string, number>();
+    const wrkRun = async (r: Running, w: Workload, seconds: number, rate: number): Promise<WrkResult> => {
+      const key = `${r.id}/${w}`;
+      const out = await runWrk(tools.wrk, wrkScript, r.proxy.url, { connections: CONNECTIONS, seconds, requestsFile: files[w], rate, start: sentSoFar.get(key) ?? 0 });
+      sentSoFar.set(key, out.next);
+      return out;
+    };
+    /** portcullis's token-cache lookups so far, by result (set-ups with an admin port). */
+    const tokenCacheCounts = async (r: Running): Promise<{ hit: number; miss: number } | undefined> => {
+      if (!r.admin) return undefined;
+      const text = (await sendRequest({ url: `http://${r.admin}`, path: '/metrics' }).catch(() => undefined))?.body;
+      if (text === undefined) return undefined;
+      const count = (result: string): number => Number(new RegExp(`^portcullis_token_cache_total\\{result="${result}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? '0');
+      return { hit: count('hit'), miss: count('miss') };
+    };
     const measure = async (r: Running, w: Workload, res: SetupResult, offered: number): Promise<Point> => {
       const statsBefore = hasAuthzCluster(r.id);
+      const cacheBefore = await tokenCacheCounts(r);
       // Zero Envoy's counters so that what they show after the run is this point's own.
       if (statsBefore) await sendRequest({ url: r.proxy.adminUrl, method: 'POST', path: '/reset_counters' }).catch(() => undefined);
       const before = Object.fromEntries(Object.entries(r.pids).map(([k, pid]) => [k, cpuTicks(pid)]));
       const la = loadavg()[0] ?? 0;
       const exchangesBefore = idp.exchanges();
-      const out = await runWrk(tools.wrk, wrkScript, r.proxy.url, { connections: CONNECTIONS, seconds: SECONDS, requestsFile: files[w], rate: offered });
+      const out = await wrkRun(r, w, SECONDS, offered);
+      const cacheAfter = await tokenCacheCounts(r);
       const cpu: CpuUse = { seconds: {}, usPerRequest: {} };
       for (const [k, pid] of Object.entries(r.pids)) {
         const sec = (cpuTicks(pid) - (before[k] ?? 0)) / 100;
@@ -396,6 +423,7 @@ async function main(): Promise<void> {
         cpu,
         loadavg1: Math.round(la * 100) / 100,
       };
+      if (cacheBefore && cacheAfter) p.tokenCache = { hits: cacheAfter.hit - cacheBefore.hit, misses: cacheAfter.miss - cacheBefore.miss };
       if (statsBefore) {
         // /reset_counters zeroed the counters: what they show now is this point's.
         const after = await clusterCounters(r);
@@ -408,7 +436,8 @@ async function main(): Promise<void> {
       const errs = out.errors.status + out.errors.connect + out.errors.read + out.errors.write + out.errors.timeout;
       log(
         `  ${r.key}/${w} ${offered === 0 ? 'saturation' : `${offered} req/s`}: ${p.achieved} req/s, p50 ${p.latencyMs.p50} ms, p99 ${p.latencyMs.p99} ms, p99.9 ${p.latencyMs.p999} ms` +
-          `${errs > 0 ? `, ERRORS ${JSON.stringify(out.errors)}` : ''}; cpu µs/req ${JSON.stringify(cpu.usPerRequest)}; load ${p.loadavg1}`,
+          `${errs > 0 ? `, ERRORS ${JSON.stringify(out.errors)}` : ''}; cpu µs/req ${JSON.stringify(cpu.usPerRequest)}; load ${p.loadavg1}` +
+          `${p.tokenCache ? `; token cache ${p.tokenCache.hits} hits, ${p.tokenCache.misses} misses` : ''}`,
       );
       return p;
     };
@@ -420,7 +449,7 @@ async function main(): Promise<void> {
       const rotated = combos.map((_, i) => combos[(i + round * 3) % combos.length] as (typeof combos)[number]);
       for (const { r, w, res } of rotated) {
         // Warm-up (JIT, connection pools, caches; set-up 6 `users`: every user's exchange and owner lookup).
-        await runWrk(tools.wrk, wrkScript, r.proxy.url, { connections: CONNECTIONS, seconds: round === 0 ? WARMUP : 1, requestsFile: files[w], rate: 0 });
+        await wrkRun(r, w, round === 0 ? WARMUP : 1, 0);
         res.rounds?.push(await measure(r, w, res, 0));
       }
     }

@@ -179,15 +179,18 @@ export async function startBenchEnvoy(bin: string, bootstrapPath: string, ports:
 
 export interface WrkResult {
   requests: number;
+  /** Lines of the requests file sent so far, this run included: the next run's `start`. */
+  next: number;
   duration_us: number;
   bytes: number;
   errors: { connect: number; read: number; write: number; status: number; timeout: number };
   latency_us: { min: number; mean: number; p50: number; p90: number; p99: number; p999: number; max: number; stdev: number };
 }
 
-export function runWrk(wrk: string, script: string, url: string, o: { connections: number; seconds: number; requestsFile: string; rate: number }): Promise<WrkResult> {
+/** `start`: lines of the requests file earlier runs sent (bench/wrk/bench.lua goes on from there). */
+export function runWrk(wrk: string, script: string, url: string, o: { connections: number; seconds: number; requestsFile: string; rate: number; start?: number }): Promise<WrkResult> {
   return new Promise((resolve, reject) => {
-    const args = ['-t1', `-c${o.connections}`, `-d${o.seconds}s`, '--timeout', '5s', '-s', script, `${url}/`, '--', o.requestsFile, String(o.rate)];
+    const args = ['-t1', `-c${o.connections}`, `-d${o.seconds}s`, '--timeout', '5s', '-s', script, `${url}/`, '--', o.requestsFile, String(o.rate), String(o.start ?? 0)];
     const child = spawn(wrk, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (b: Buffer) => (out += b.toString()));

@@ -63,6 +63,17 @@ export function renderMarkdown(res: BenchResults): { full: string; summary: stri
       );
     }
     if (w === 'users') lines.push('', 'Ratios for this workload are to set-ups 2 and 5 with the same-token workload (they have no per-user state to warm).');
+    // portcullis's token cache in the reported runs: the all-different-tokens workload must miss, the others hit.
+    const cacheNotes: string[] = [];
+    for (const r of rows) {
+      if (r.workload !== w) continue;
+      const runs = [...(r.rounds ?? []), ...r.points.filter((p) => p.kind === 'fixed')].filter((p) => p.tokenCache);
+      if (runs.length === 0) continue;
+      const hits = runs.reduce((a, p) => a + (p.tokenCache?.hits ?? 0), 0);
+      const misses = runs.reduce((a, p) => a + (p.tokenCache?.misses ?? 0), 0);
+      cacheNotes.push(`set-up ${r.id}: ${hits} hits, ${misses} misses`);
+    }
+    if (cacheNotes.length > 0) lines.push('', `portcullis's token cache in these saturation runs and the reported fixed-load runs: ${cacheNotes.join('; ')}.`);
     lines.push('');
 
     const rates = [...new Set(rows.flatMap((r) => r.points.filter((p) => p.kind === 'fixed').map((p) => p.offered)))].sort((a, b) => a - b);
