@@ -30,7 +30,9 @@
  * ceiling always runs), BENCH_ENVOY_CONCURRENCY (1), BENCH_NO_DOCS=1 (do not touch docs/benchmarks.md),
  * BENCH_JSON (where to write the results; default bench/results/latest.json),
  * BENCH_NODE_ARGS (extra node flags for the portcullis process, e.g.
- * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under load).
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under load),
+ * BENCH_TOKEN_CACHE_ADMISSION ("first-use" or "second-use": portcullis's
+ * tokenCache.admission; default: portcullis's default).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -204,6 +206,7 @@ function portcullisConfig(idp: BenchIdp, full?: { kubeconfig: string }): Record<
     listen: { grpc: '127.0.0.1:0', http: '127.0.0.1:0', admin: '127.0.0.1:0' },
     // Request logging off in every set-up (Envoy has no access log, OPA no decision log).
     log: { level: 'warn' },
+    ...(process.env.BENCH_TOKEN_CACHE_ADMISSION ? { tokenCache: { admission: process.env.BENCH_TOKEN_CACHE_ADMISSION } } : {}),
     server: { watchConfig: false, shutdownGraceSeconds: 1 },
     issuers: [issuer],
     roles: { admin: ['sandbox:manage'], 'sandbox:manage': ['sandbox:invoke'] },
