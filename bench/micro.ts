@@ -420,7 +420,7 @@ async function main(): Promise<void> {
   uncachedHits = uncached.cacheHits() + churning.cacheHits();
   const uncachedMisses = uncached.cacheMisses() + churning.cacheMisses();
   log(`token-cache hits during the uncached rows: ${uncachedHits} of ${uncachedHits + uncachedMisses} decisions (second-use core ${uncached.cacheHits()}, first-use core ${churning.cacheHits()})`);
-  // A stray hit or two is a fingerprint collision in the admission filter; more means the cycle broke.
+  // A stray hit or two is a false positive of the admission filter (it caches a token on first use); more means the cycle broke.
   if (uncachedHits > 0.001 * (uncachedHits + uncachedMisses)) log('WARNING: the uncached rows were partly served from the token cache; their figures are too fast');
   const pct = (p: [number, number]): string => `${p[0]}/s vs ${p[1]}/s = ${((100 * p[0]) / p[1]).toFixed(1)}%`;
   log(`paired RS256 decide vs raw verify: ${pct(rsPair)}; with first-use admission (LRU churn): ${pct(rsChurnPair)}; ES256: ${pct(esPair)}`);
