@@ -7,6 +7,41 @@ import type { Struct } from '../../generated/google/protobuf/Struct.js';
 import type { Value } from '../../generated/google/protobuf/Value.js';
 import type { StatusCode } from '../../generated/envoy/type/v3/StatusCode.js';
 
+/** One entry of `header_map` (encode_raw_headers): repeated names joined and counted. */
+function addRawHeader(headers: Map<string, string>, counts: Map<string, number>, name: string, value: string): void {
+  const prev = headers.get(name);
+  // Repeated Cookie lines are one cookie string (RFC 9113 8.2.3); other headers join with ','.
+  headers.set(name, prev === undefined ? value : `${prev}${name === 'cookie' ? '; ' : ','}${value}`);
+  counts.set(name, (counts.get(name) ?? 0) + 1);
+}
+
+/** The CheckInput of decoded request fields: the query split off the path, pseudo-headers as fallbacks. */
+function checkInputOf(
+  http: { method: string; path: string; host: string; query: string },
+  headers: Map<string, string>,
+  counts: Map<string, number> | undefined,
+  principal: string,
+  ext: Map<string, string>,
+): CheckInput {
+  let path = http.path;
+  let query = http.query;
+  const q = path.indexOf('?');
+  if (q >= 0) {
+    if (!query) query = path.slice(q + 1);
+    path = path.slice(0, q);
+  }
+  return {
+    method: http.method || headers.get(':method') || '',
+    host: http.host || headers.get(':authority') || headers.get('host') || '',
+    path: path || headers.get(':path')?.split('?')[0] || '',
+    query,
+    headers,
+    headerCounts: counts,
+    peerPrincipal: principal || undefined,
+    contextExtensions: ext,
+  };
+}
+
 /** Maps Envoy's CheckRequest to the pipeline's input; undefined when the request carries no HTTP attributes. */
 export function toCheckInput(req: CheckRequest__Output): CheckInput | undefined {
   const attrs = req.attributes;
@@ -19,35 +54,15 @@ export function toCheckInput(req: CheckRequest__Output): CheckInput | undefined 
     // encode_raw_headers: repeated headers arrive one by one, so duplicates can be counted.
     counts = new Map();
     for (const h of list) {
-      const name = h.key.toLowerCase();
       const value = h.raw_value && h.raw_value.length > 0 ? h.raw_value.toString('utf8') : h.value;
-      const prev = headers.get(name);
-      // Repeated Cookie lines are one cookie string (RFC 9113 8.2.3); other headers join with ','.
-      headers.set(name, prev === undefined ? value : `${prev}${name === 'cookie' ? '; ' : ','}${value}`);
-      counts.set(name, (counts.get(name) ?? 0) + 1);
+      addRawHeader(headers, counts, h.key.toLowerCase(), value);
     }
   } else {
     for (const k in http.headers) headers.set(k.toLowerCase(), http.headers[k] as string);
   }
-  let path = http.path;
-  let query = http.query;
-  const q = path.indexOf('?');
-  if (q >= 0) {
-    if (!query) query = path.slice(q + 1);
-    path = path.slice(0, q);
-  }
   const ext = new Map<string, string>();
   for (const k in attrs.context_extensions) ext.set(k, attrs.context_extensions[k] as string);
-  return {
-    method: http.method || headers.get(':method') || '',
-    host: http.host || headers.get(':authority') || headers.get('host') || '',
-    path: path || headers.get(':path')?.split('?')[0] || '',
-    query,
-    headers,
-    headerCounts: counts,
-    peerPrincipal: attrs.source?.principal || undefined,
-    contextExtensions: ext,
-  };
+  return checkInputOf(http, headers, counts, attrs.source?.principal ?? '', ext);
 }
 
 function toValue(v: string | string[]): Value {
@@ -107,15 +122,16 @@ export function denyBody(reason: string, message: string): string {
 // several times the cost of the decision itself. These two functions do only
 // what the pipeline needs, straight on the protobuf wire format:
 //
-// - decodeCheckRequest reads the fields toCheckInput() looks at (attributes →
-//   source.principal, context_extensions, request.http → method, headers,
-//   header_map, path, host, query) into the same shape proto-loader produces
-//   with `defaults: true` (absent messages null, absent strings '', maps {}),
-//   and skips everything else by wire type. A malformed message throws, as
-//   protobufjs does (grpc-js then fails the call; Envoy fails closed).
+// - createCheckRequestDecoder().decode reads the fields toCheckInput() looks at
+//   (attributes → source.principal, context_extensions, request.http →
+//   method, headers, header_map, path, host, query) straight into the
+//   CheckInput that toCheckInput() makes of proto-loader's object, and skips
+//   everything else by wire type. A malformed message throws, as protobufjs
+//   does; the server then answers a deny (malformed_request).
 // - encodeCheckResponse writes the exact bytes protobufjs writes for
-//   toCheckResponse(d) (same fields, same order, same explicit defaults);
-//   bench/micro.ts checks both against protobufjs on every run.
+//   toCheckResponse(d) (same fields, same order, same explicit defaults).
+// bench/codec-check.ts checks both against protobufjs, in the unit suite and
+// on every bench:micro run.
 
 function fail(): never {
   throw new RangeError('malformed protobuf message');
@@ -268,11 +284,7 @@ function readHeaderMap(c: Cursor, end: number, names: NameTable): RawHeaders {
       }
       c.pos = hs;
       // raw_value, when present, is the value (Envoy leaves `value` empty then).
-      if (raw.length > 0) value = raw;
-      const prev = headers.get(name);
-      // Repeated Cookie lines are one cookie string (RFC 9113 8.2.3); other headers join with ','.
-      headers.set(name, prev === undefined ? value : `${prev}${name === 'cookie' ? '; ' : ','}${value}`);
-      counts.set(name, (counts.get(name) ?? 0) + 1);
+      addRawHeader(headers, counts, name, raw.length > 0 ? raw : value);
     } else skip(c, tag & 7, stop);
   }
   c.pos = stop;
@@ -396,24 +408,7 @@ export function createCheckRequestDecoder(opts: { nameSlots?: number } = {}): Ch
       const http = attrs?.http;
       if (!attrs || !http) return undefined;
       const raw = http.raw !== undefined && http.raw.headers.size > 0 ? http.raw : undefined;
-      const headers = raw ? raw.headers : http.headers;
-      let path = http.path;
-      let query = http.query;
-      const q = path.indexOf('?');
-      if (q >= 0) {
-        if (!query) query = path.slice(q + 1);
-        path = path.slice(0, q);
-      }
-      return {
-        method: http.method || headers.get(':method') || '',
-        host: http.host || headers.get(':authority') || headers.get('host') || '',
-        path: path || headers.get(':path')?.split('?')[0] || '',
-        query,
-        headers,
-        headerCounts: raw?.counts,
-        peerPrincipal: attrs.principal || undefined,
-        contextExtensions: attrs.ext,
-      };
+      return raw ? checkInputOf(http, raw.headers, raw.counts, attrs.principal, attrs.ext) : checkInputOf(http, http.headers, undefined, attrs.principal, attrs.ext);
     },
   };
 }
