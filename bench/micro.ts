@@ -77,6 +77,11 @@ let paired_results: Record<string, { decide: number; raw: number }> = {};
 /** Token-cache hits on the cores of the uncached rows (0 when every decision there verified). */
 let uncachedHits = NaN;
 
+/** a / b of a (decide, raw) pair, in per cent with one decimal. */
+function percent(p: readonly [number, number]): string {
+  return ((100 * p[0]) / p[1]).toFixed(1);
+}
+
 /** fn over `inputs` in one unbroken cycle, whatever index the caller passes. */
 function cycling(inputs: readonly CheckInput[], fn: (input: CheckInput) => unknown): () => unknown {
   let next = 0;
@@ -422,7 +427,7 @@ async function main(): Promise<void> {
   log(`token-cache hits during the uncached rows: ${uncachedHits} of ${uncachedHits + uncachedMisses} decisions (second-use core ${uncached.cacheHits()}, first-use core ${churning.cacheHits()})`);
   // A stray hit or two is a false positive of the admission filter (it caches a token on first use); more means the cycle broke.
   if (uncachedHits > 0.001 * (uncachedHits + uncachedMisses)) log('WARNING: the uncached rows were partly served from the token cache; their figures are too fast');
-  const pct = (p: [number, number]): string => `${p[0]}/s vs ${p[1]}/s = ${((100 * p[0]) / p[1]).toFixed(1)}%`;
+  const pct = (p: [number, number]): string => `${p[0]}/s vs ${p[1]}/s = ${percent(p)}%`;
   log(`paired RS256 decide vs raw verify: ${pct(rsPair)}; with first-use admission (LRU churn): ${pct(rsChurnPair)}; ES256: ${pct(esPair)}`);
   paired_results = {
     rs256: { decide: rsPair[0], raw: rsPair[1] },
@@ -522,9 +527,9 @@ async function main(): Promise<void> {
   const grpcRow = rows.find((r) => r.scenario.startsWith('cached token: grpc handler, fast codec'));
   log('');
   log(`target: cached decision ≤ 10 µs — decide p50 ${cachedRow?.p50us} µs / p99 ${cachedRow?.p99us} µs; with the gRPC handler's decode/encode p50 ${grpcRow?.p50us} µs`);
-  log(`target: uncached RS256 ≥ 80% of raw node:crypto — ${rsRow.perSecond} / ${rsRawRow.perSecond} = ${((100 * rsRow.perSecond) / rsRawRow.perSecond).toFixed(1)}% (separate loops)`);
-  log(`        paired (alternating 100 ms slices): RS256 ${rsPair[0]} / ${rsPair[1]} = ${((100 * rsPair[0]) / rsPair[1]).toFixed(1)}% (first-use admission: ${((100 * rsChurnPair[0]) / rsChurnPair[1]).toFixed(1)}%); ES256 ${esPair[0]} / ${esPair[1]} = ${((100 * esPair[0]) / esPair[1]).toFixed(1)}%`);
-  log(`        (ES256 separate loops: ${esRow.perSecond} / ${esRawRow.perSecond} = ${((100 * esRow.perSecond) / esRawRow.perSecond).toFixed(1)}%)`);
+  log(`target: uncached RS256 ≥ 80% of raw node:crypto — ${rsRow.perSecond} / ${rsRawRow.perSecond} = ${percent([rsRow.perSecond, rsRawRow.perSecond])}% (separate loops)`);
+  log(`        paired (alternating 100 ms slices): RS256 ${rsPair[0]} / ${rsPair[1]} = ${percent(rsPair)}% (first-use admission: ${percent(rsChurnPair)}%); ES256 ${esPair[0]} / ${esPair[1]} = ${percent(esPair)}%`);
+  log(`        (ES256 separate loops: ${esRow.perSecond} / ${esRawRow.perSecond} = ${percent([esRow.perSecond, esRawRow.perSecond])}%)`);
 
   const out = process.env.MICRO_JSON ?? join(ROOT, 'bench', 'results', 'micro-latest.json');
   mkdirSync(dirname(out), { recursive: true });

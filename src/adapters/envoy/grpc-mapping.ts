@@ -243,7 +243,7 @@ function readName(c: Cursor, end: number, names: NameTable): string {
   return lower;
 }
 
-/** One map<string,string> entry into `into` (last key wins, as protobufjs does); keys through `keyOf`. */
+/** One map<string,string> entry into `into` (last key wins, as protobufjs does); header names through `names` when given. */
 function readMapEntry(c: Cursor, end: number, into: Map<string, string>, names: NameTable | undefined): void {
   const stop = readLength(c, end);
   let key = '';
@@ -407,8 +407,9 @@ export function createCheckRequestDecoder(opts: { nameSlots?: number } = {}): Ch
       }
       const http = attrs?.http;
       if (!attrs || !http) return undefined;
+      // header_map, when it has entries, stands for the headers (as in toCheckInput).
       const raw = http.raw !== undefined && http.raw.headers.size > 0 ? http.raw : undefined;
-      return raw ? checkInputOf(http, raw.headers, raw.counts, attrs.principal, attrs.ext) : checkInputOf(http, http.headers, undefined, attrs.principal, attrs.ext);
+      return checkInputOf(http, raw?.headers ?? http.headers, raw?.counts, attrs.principal, attrs.ext);
     },
   };
 }
