@@ -1,7 +1,7 @@
-import { createHash, createPrivateKey, type JsonWebKeyInput, type KeyObject } from 'node:crypto';
+import { createPrivateKey, hash, type JsonWebKeyInput, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { LRUCache } from 'lru-cache';
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Histogram, type Registry } from 'prom-client';
 import {
   createTokenEndpointClient,
   type AssertionAlg,
@@ -13,6 +13,7 @@ import type { Config, IssuerConfig, RouteConfig } from '../config/schema.js';
 import { ConfigError, denial, type ConfigIssue } from '../core/errors.js';
 import type { Clock, HeaderToSet, Principal } from '../core/types.js';
 import type { Logger } from '../observability/logger.js';
+import { createDeferredCounter, type BoundCount, type DeferredCounter } from '../observability/metrics.js';
 import type { RouteStage, StageContext, StageFactory, StageOutput, StageResult } from '../pipeline/stage.js';
 import type { StageHealth, StageModule, StageServices } from './registry.js';
 
@@ -63,11 +64,14 @@ interface IssuerExchanger {
   auth?: ClientAuth;
   readonly cache: LRUCache<string, CachedToken>;
   readonly inflight: Map<string, Promise<ExchangeOutcome>>;
+  /** portcullis_exchange_total{result="hit"} of this issuer; undefined without services. */
+  readonly hits: BoundCount | undefined;
 }
 
 interface ExchangeMetrics {
   duration: Histogram<'issuer' | 'result'>;
-  total: Counter<'issuer' | 'result'>;
+  /** Hits through each exchanger's bound count; misses and errors through `total.counter`. */
+  total: DeferredCounter<'issuer' | 'result'>;
 }
 
 interface StageRuntime {
@@ -86,7 +90,7 @@ function createExchangeMetrics(registry: Registry): ExchangeMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     }),
-    total: new Counter({
+    total: createDeferredCounter({
       name: 'portcullis_exchange_total',
       help: 'Requests needing an exchanged token by issuer and result: hit (cache), miss (identity provider asked), error (denied)',
       labelNames: ['issuer', 'result'],
@@ -95,9 +99,14 @@ function createExchangeMetrics(registry: Registry): ExchangeMetrics {
   };
 }
 
-/** sha256 of subject token, audience and scope: the cache never holds a caller's token. */
+/**
+ * sha256 of subject token, audience and scope: the cache never holds a caller's token.
+ * One-shot `hash()`, not `createHash()`: a Hash object is a native object with a weak
+ * handle, and thousands of them dying per young-generation collection made each
+ * collection ≈ 1 ms longer on a busy exchange route (docs/design/performance.md §10).
+ */
 export function exchangeCacheKey(subjectToken: string, audience: string, scope: string | undefined): string {
-  return createHash('sha256').update(subjectToken).update('\0').update(audience).update('\0').update(scope ?? '').digest('base64url');
+  return hash('sha256', `${subjectToken}\0${audience}\0${scope ?? ''}`, 'base64url');
 }
 
 /** The header a credential source reads, e.g. `header:x-token` → `x-token`; undefined for cookies and query parameters. */
@@ -286,8 +295,8 @@ function createExchangeStage(deps: ExchangeStageDeps): RouteStage {
       if (hit) {
         const usableUntil = Math.min(hit.expiresAt, hit.subjectExpiresAt);
         if (usableUntil - marginMs > now) {
-          if (!ctx.dryRun) rt.metrics.total.inc({ issuer: ex.issuerName, result: 'hit' });
-          note(ctx, { result: 'cache_hit', expiresAt: new Date(hit.expiresAt).toISOString() });
+          if (!ctx.dryRun) ex.hits?.inc();
+          if (ctx.trace) note(ctx, { result: 'cache_hit', expiresAt: new Date(hit.expiresAt).toISOString() });
           return output(hit.accessToken, p);
         }
         if (usableUntil <= now && !ctx.dryRun) ex.cache.delete(key);
@@ -299,19 +308,19 @@ function createExchangeStage(deps: ExchangeStageDeps): RouteStage {
       const client = ex.client;
       const auth = ex.auth;
       if (!client || !auth) {
-        rt.metrics.total.inc({ issuer: ex.issuerName, result: 'error' });
+        rt.metrics.total.counter.inc({ issuer: ex.issuerName, result: 'error' });
         return denial('exchange_failed', 'token exchange is not ready');
       }
       const { call, joined } = shared(ex, client, auth, key, p, rt);
       return call.then((outcome): StageResult => {
         if (!outcome.ok) {
-          rt.metrics.total.inc({ issuer: ex.issuerName, result: 'error' });
+          rt.metrics.total.counter.inc({ issuer: ex.issuerName, result: 'error' });
           note(ctx, { result: 'error', joined, code: outcome.code });
           return denial('exchange_failed', clientMessage(outcome));
         }
         const exp = outcome.token.expiresAt;
         if (exp !== undefined && exp - marginMs <= rt.clock.now()) {
-          rt.metrics.total.inc({ issuer: ex.issuerName, result: 'error' });
+          rt.metrics.total.counter.inc({ issuer: ex.issuerName, result: 'error' });
           rt.log.warn(
             { issuer: ex.issuerName, route: deps.routeName, audience: x.audience, expires_in_ms: exp - rt.clock.now(), margin_ms: marginMs },
             'exchanged token expires within the safety margin; not injected',
@@ -319,7 +328,7 @@ function createExchangeStage(deps: ExchangeStageDeps): RouteStage {
           note(ctx, { result: 'error', joined, code: 'expires_within_margin' });
           return denial('exchange_failed', 'token exchange failed: the exchanged token expires within the safety margin');
         }
-        rt.metrics.total.inc({ issuer: ex.issuerName, result: 'miss' });
+        rt.metrics.total.counter.inc({ issuer: ex.issuerName, result: 'miss' });
         note(ctx, {
           result: joined ? 'joined_call' : 'call',
           expiresAt: exp === undefined ? 'unknown (not cached)' : new Date(exp).toISOString(),
@@ -366,6 +375,7 @@ export function createExchangeModule(services?: StageServices, opts: ExchangeMod
       client,
       cache: new LRUCache<string, CachedToken>({ max: Math.max(1, cacheMax) }),
       inflight: new Map(),
+      hits: runtime?.metrics.total.bind({ issuer: i.name, result: 'hit' }),
     };
     exchangers.set(id, created);
     return created;

@@ -1,12 +1,13 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { LRUCache } from 'lru-cache';
-import { Counter, type Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import type { Config, RouteConfig } from '../config/schema.js';
 import { compileTemplate, type CompiledTemplate } from '../config/template.js';
 import { ConfigError, denial, PortcullisError, type ConfigIssue } from '../core/errors.js';
 import type { Clock, Scheduler, TimerHandle } from '../core/types.js';
 import type { Logger } from '../observability/logger.js';
+import { createDeferredCounter, type BoundCount } from '../observability/metrics.js';
 import type { RouteStage, StageFactory, StageResult } from '../pipeline/stage.js';
 import type { StageModule } from './registry.js';
 
@@ -78,8 +79,19 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
   let pending: { settings: Config['hopTokens'] | undefined; keys: SigningKey[] | undefined; spec: string } | undefined;
   const cache = new LRUCache<string, { header: string; value: string; refreshAt: number }>({ max: 10_000 });
   const minted = services
-    ? new Counter({ name: 'portcullis_hop_tokens_total', help: 'Hop tokens by hop and result (minted|cached)', labelNames: ['hop', 'result'], registers: [services.registry] })
+    ? createDeferredCounter({ name: 'portcullis_hop_tokens_total', help: 'Hop tokens by hop and result (minted|cached)', labelNames: ['hop', 'result'], registers: [services.registry] })
     : undefined;
+  /** The `cached` count of each hop, bound on first use (hops come from configuration). */
+  const cachedCounts = new Map<string, BoundCount>();
+  function countCached(hop: string): void {
+    if (!minted) return;
+    let c = cachedCounts.get(hop);
+    if (c === undefined) {
+      c = minted.bind({ hop, result: 'cached' });
+      cachedCounts.set(hop, c);
+    }
+    c.inc();
+  }
 
   function rotate(): void {
     if (!services || !settings || settings.keyFiles) return;
@@ -109,7 +121,7 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
     const now = services.clock.now();
     const hit = cache.get(cacheKey);
     if (hit && hit.refreshAt > now) {
-      if (!dryRun) minted?.inc({ hop, result: 'cached' });
+      if (!dryRun) countCached(hop);
       return hit;
     }
     const iat = Math.floor(now / 1000);
@@ -132,7 +144,7 @@ export function createHopTokenModule(services?: HopTokenServices): StageModule &
     const out = { header: h.header, value: `Bearer ${input}.${sig}`, refreshAt: (exp - settings.marginSeconds) * 1000 };
     if (!dryRun) {
       cache.set(cacheKey, out);
-      minted?.inc({ hop, result: 'minted' });
+      minted?.counter.inc({ hop, result: 'minted' });
     }
     return out;
   }

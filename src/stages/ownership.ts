@@ -9,6 +9,7 @@ import { compileTemplate, type CompiledTemplate, type TemplateContext } from '..
 import { ConfigError, denial, type ConfigIssue, type Denial } from '../core/errors.js';
 import type { Scheduler, TimerHandle } from '../core/types.js';
 import type { Logger } from '../observability/logger.js';
+import { createDeferredCounter, type DeferredCounter } from '../observability/metrics.js';
 import type { RouteStage, StageContext, StageFactory, StageResult } from '../pipeline/stage.js';
 import type { StageModule, StageServices } from './registry.js';
 
@@ -182,7 +183,8 @@ function resourcesInUse(config: Config): Map<string, KubernetesResourceConfig> {
 
 interface OwnershipMetrics {
   restarts: Counter<'resource' | 'reason'>;
-  lookups: Counter<'resource' | 'result'>;
+  /** Counted through each watched resource's bound counts. */
+  lookups: DeferredCounter<'resource' | 'result'>;
 }
 
 function createOwnershipMetrics(registry: Registry, watched: () => Iterable<WatchedResource>): OwnershipMetrics {
@@ -214,7 +216,7 @@ function createOwnershipMetrics(registry: Registry, watched: () => Iterable<Watc
       labelNames: ['resource', 'reason'],
       registers,
     }),
-    lookups: new Counter({
+    lookups: createDeferredCounter({
       name: 'portcullis_owner_lookups_total',
       help: 'Ownership lookups per resource by result (hit|absent|unavailable|rate_limited|get_found|get_not_found|get_error)',
       labelNames: ['resource', 'result'],
@@ -351,7 +353,7 @@ export function createOwnershipModule(services?: StageServices, opts: OwnershipM
           { resource: ref, perSecond: r.fallbackGet.perSecond, timeoutMs: r.fallbackGet.timeoutMs },
         )
       : undefined;
-    const counters = new Map(LOOKUP_RESULTS.map((res) => [res, m.lookups.labels({ resource: r.name, result: res })] as const));
+    const counters = new Map(LOOKUP_RESULTS.map((res) => [res, m.lookups.bind({ resource: r.name, result: res })] as const));
     return {
       name: r.name,
       fingerprint,

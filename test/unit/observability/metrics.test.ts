@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { createMetrics } from '../../../src/observability/metrics.js';
+import { Registry } from 'prom-client';
+import { createDeferredCounter, createMetrics } from '../../../src/observability/metrics.js';
 
 /** The value of one exposition line, e.g. `portcullis_decisions_total{route="a",decision="allow",reason=""}`. */
 function valueOf(text: string, series: string): number | undefined {
@@ -53,5 +54,29 @@ describe('decision counts', () => {
     a.counts.decision('invoke', 'allow', '');
     expect(valueOf(await b.registry.metrics(), 'portcullis_decisions_total{route="invoke",decision="allow",reason=""}')).toBeUndefined();
     expect(valueOf(await a.registry.metrics(), 'portcullis_decisions_total{route="invoke",decision="allow",reason=""}')).toBe(1);
+  });
+});
+
+describe('deferred counters', () => {
+  it('hand bound counts to the counter when the metrics are read, once, alongside direct increments', async () => {
+    const registry = new Registry();
+    const d = createDeferredCounter({ name: 'test_total', help: 'test', labelNames: ['issuer', 'result'], registers: [registry] });
+    const hit = d.bind({ issuer: 'a', result: 'hit' });
+    // The same label values (in any order) are the same count.
+    expect(d.bind({ result: 'hit', issuer: 'a' })).toBe(hit);
+    const other = d.bind({ issuer: 'b', result: 'hit' });
+    hit.inc();
+    hit.inc();
+    other.inc();
+    d.counter.inc({ issuer: 'a', result: 'miss' });
+    d.counter.inc({ issuer: 'a', result: 'hit' });
+    const text = await registry.metrics();
+    expect(valueOf(text, 'test_total{issuer="a",result="hit"}')).toBe(3);
+    expect(valueOf(text, 'test_total{issuer="b",result="hit"}')).toBe(1);
+    expect(valueOf(text, 'test_total{issuer="a",result="miss"}')).toBe(1);
+    // Reading again adds nothing; later increments are added to what was handed over.
+    expect(valueOf(await registry.metrics(), 'test_total{issuer="a",result="hit"}')).toBe(3);
+    hit.inc();
+    expect(valueOf(await registry.metrics(), 'test_total{issuer="a",result="hit"}')).toBe(4);
   });
 });
