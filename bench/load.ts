@@ -32,7 +32,9 @@
  * BENCH_NODE_ARGS (extra node flags for the portcullis process, e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under load),
  * BENCH_TOKEN_CACHE_ADMISSION ("first-use" or "second-use": portcullis's
- * tokenCache.admission; default: portcullis's default).
+ * tokenCache.admission; default: portcullis's default), BENCH_PORTCULLIS_HEADERS=defaults
+ * (portcullis also sets its four default identity headers; by default the set-ups set
+ * only x-user-sub, as the native filters do).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -206,6 +208,11 @@ function portcullisConfig(idp: BenchIdp, full?: { kubeconfig: string }): Record<
     listen: { grpc: '127.0.0.1:0', http: '127.0.0.1:0', admin: '127.0.0.1:0' },
     // Request logging off in every set-up (Envoy has no access log, OPA no decision log).
     log: { level: 'warn' },
+    // The same work as the native filters (set-up 2): the caller's sub upstream in x-user-sub
+    // (the route's header) and nothing else. portcullis's four default identity headers
+    // (x-portcullis-sub/-tenant/-roles/-route) are extra work for Envoy, the upstream and
+    // portcullis; BENCH_PORTCULLIS_HEADERS=defaults keeps them, to measure what they cost.
+    ...(process.env.BENCH_PORTCULLIS_HEADERS === 'defaults' ? {} : { defaults: { headers: {} } }),
     ...(process.env.BENCH_TOKEN_CACHE_ADMISSION ? { tokenCache: { admission: process.env.BENCH_TOKEN_CACHE_ADMISSION } } : {}),
     server: { watchConfig: false, shutdownGraceSeconds: 1 },
     issuers: [issuer],
@@ -508,7 +515,7 @@ async function main(): Promise<void> {
   }
 
   const load1 = loadavg();
-  const command = `npm run bench${Object.keys(process.env).filter((k) => k.startsWith('BENCH_')).map((k) => ` ${k}=${process.env[k]}`).join('')}`;
+  const command = `${Object.keys(process.env).filter((k) => k.startsWith('BENCH_')).map((k) => `${k}=${process.env[k]} `).join('')}npm run bench`;
   const meta: Record<string, unknown> = {
     date: started.toISOString(),
     finished: new Date().toISOString(),
