@@ -17,14 +17,16 @@
  * each with their own token and sandbox, every cache warm (an uncached
  * exchange would measure the identity provider, not portcullis).
  * All set-ups are started first and stay up. Saturation (as fast as C
- * connections go) is measured in BENCH_ROUNDS rounds over every (set-up,
- * workload), the order rotated each round, and the median run is reported;
+ * connections go, for each C of BENCH_SATURATION_CONNECTIONS) is measured in
+ * BENCH_ROUNDS rounds over every (set-up, workload), the order rotated each
+ * round; per C the median run counts, and the C with the best median is reported;
  * then fixed offered loads (1,000 req/s and half of portcullis-gRPC's median
  * saturation) in BENCH_FIXED_ROUNDS (default BENCH_ROUNDS) rotated rounds, the
  * round with the median p99 reported.
  *
  * Writes bench/results/latest.json and the results section of docs/benchmarks.md.
- * Environment: BENCH_SECONDS (10), BENCH_WARMUP_SECONDS (3), BENCH_CONNECTIONS (32),
+ * Environment: BENCH_SECONDS (10), BENCH_WARMUP_SECONDS (3), BENCH_CONNECTIONS (32: fixed loads),
+ * BENCH_SATURATION_CONNECTIONS ("32,128": saturation is measured at each, the best median reported),
  * BENCH_FIXED_RPS ("1000"), BENCH_SETUPS ("1,2,3,4,5,6"), BENCH_POOL (20000), BENCH_ROUNDS (3),
  * BENCH_WORKLOADS (e.g. "same" or "distinct,users": only those workloads; the no-authorization
  * ceiling always runs), BENCH_ENVOY_CONCURRENCY (1), BENCH_NO_DOCS=1 (do not touch docs/benchmarks.md),
@@ -69,6 +71,17 @@ function linkScripts(): void {
 const SECONDS = Number(env('BENCH_SECONDS', '10'));
 const WARMUP = Number(env('BENCH_WARMUP_SECONDS', '3'));
 const CONNECTIONS = Number(env('BENCH_CONNECTIONS', '32'));
+/**
+ * wrk connections of the saturation runs: each count in turn, and a set-up's
+ * saturation is its best median. A closed loop of C connections carries at most
+ * C requests, so a set-up whose requests take an extra hop (ext_authz) needs more
+ * connections to keep two cores busy than one that decides inside Envoy
+ * (Little's law: throughput = in flight / latency). Measured on 2026-12-04: 32
+ * connections left portcullis gRPC with all-different tokens at 8,436 req/s and
+ * the machine partly idle, 128 reached 10,481, while the native filters stayed
+ * at 10,700-11,300 at 32, 64 and 128 (bound by Envoy's one worker).
+ */
+const SATURATION_CONNECTIONS = [...new Set(env('BENCH_SATURATION_CONNECTIONS', `${CONNECTIONS},128`).split(',').filter(Boolean).map(Number))].sort((a, b) => a - b);
 const FIXED = env('BENCH_FIXED_RPS', '1000').split(',').filter(Boolean).map(Number);
 const SETUPS = env('BENCH_SETUPS', '1,2,3,4,5,6').split(',').map(Number);
 const POOL = Number(env('BENCH_POOL', '20000'));
@@ -90,6 +103,8 @@ export interface CpuUse {
 
 export interface Point {
   kind: 'saturation' | 'fixed';
+  /** wrk connections of this run. */
+  connections: number;
   /** Offered load (req/s); 0 for saturation. */
   offered: number;
   achieved: number;
@@ -121,8 +136,10 @@ export interface SetupResult {
   workload: Workload;
   /** The report's points: the median saturation run, then the fixed loads. */
   points: Point[];
-  /** Every saturation run, one per round. */
+  /** Every saturation run: one per round and connection count. */
   rounds?: Point[];
+  /** Saturation: the median throughput at each connection count (the best is the reported point). */
+  saturationByConnections?: Record<number, number>;
   notes: string[];
 }
 
@@ -391,9 +408,9 @@ async function main(): Promise<void> {
     // portcullis's admission filter has forgotten it (a run starting again at the first token
     // would resend tokens sent moments before, and the cache would take them).
     const sentSoFar = new Map<string, number>();
-    const wrkRun = async (r: Running, w: Workload, seconds: number, rate: number): Promise<WrkResult> => {
+    const wrkRun = async (r: Running, w: Workload, seconds: number, rate: number, connections: number): Promise<WrkResult> => {
       const key = `${r.id}/${w}`;
-      const out = await runWrk(tools.wrk, wrkScript, r.proxy.url, { connections: CONNECTIONS, seconds, requestsFile: files[w], rate, start: sentSoFar.get(key) ?? 0 });
+      const out = await runWrk(tools.wrk, wrkScript, r.proxy.url, { connections, seconds, requestsFile: files[w], rate, start: sentSoFar.get(key) ?? 0 });
       sentSoFar.set(key, out.next);
       return out;
     };
@@ -405,7 +422,7 @@ async function main(): Promise<void> {
       const count = (result: string): number => Number(new RegExp(`^portcullis_token_cache_total\\{result="${result}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? '0');
       return { hit: count('hit'), miss: count('miss') };
     };
-    const measure = async (r: Running, w: Workload, res: SetupResult, offered: number): Promise<Point> => {
+    const measure = async (r: Running, w: Workload, res: SetupResult, offered: number, connections: number): Promise<Point> => {
       const statsBefore = hasAuthzCluster(r.id);
       const cacheBefore = await tokenCacheCounts(r);
       // Zero Envoy's counters so that what they show after the run is this point's own.
@@ -413,7 +430,7 @@ async function main(): Promise<void> {
       const before = Object.fromEntries(Object.entries(r.pids).map(([k, pid]) => [k, cpuTicks(pid)]));
       const la = loadavg()[0] ?? 0;
       const exchangesBefore = idp.exchanges();
-      const out = await wrkRun(r, w, SECONDS, offered);
+      const out = await wrkRun(r, w, SECONDS, offered, connections);
       const cacheAfter = await tokenCacheCounts(r);
       const cpu: CpuUse = { seconds: {}, usPerRequest: {} };
       for (const [k, pid] of Object.entries(r.pids)) {
@@ -425,6 +442,7 @@ async function main(): Promise<void> {
       const ms = (us: number): number => Math.round(us) / 1000;
       const p: Point = {
         kind: offered === 0 ? 'saturation' : 'fixed',
+        connections,
         offered,
         achieved: Math.round(out.requests / (out.duration_us / 1e6)),
         requests: out.requests,
@@ -445,28 +463,39 @@ async function main(): Promise<void> {
       }
       const errs = out.errors.status + out.errors.connect + out.errors.read + out.errors.write + out.errors.timeout;
       log(
-        `  ${r.key}/${w} ${offered === 0 ? 'saturation' : `${offered} req/s`}: ${p.achieved} req/s, p50 ${p.latencyMs.p50} ms, p99 ${p.latencyMs.p99} ms, p99.9 ${p.latencyMs.p999} ms` +
+        `  ${r.key}/${w} ${offered === 0 ? `saturation (${connections} connections)` : `${offered} req/s`}: ${p.achieved} req/s, p50 ${p.latencyMs.p50} ms, p99 ${p.latencyMs.p99} ms, p99.9 ${p.latencyMs.p999} ms` +
           `${errs > 0 ? `, ERRORS ${JSON.stringify(out.errors)}` : ''}; cpu µs/req ${JSON.stringify(cpu.usPerRequest)}; load ${p.loadavg1}` +
           `${p.tokenCache ? `; token cache ${p.tokenCache.hits} hits, ${p.tokenCache.misses} misses` : ''}`,
       );
       return p;
     };
 
-    // 2. Saturation: ROUNDS rounds over every (set-up, workload), the order rotated each round;
-    //    the run with the median throughput is the one reported.
+    // 2. Saturation: ROUNDS rounds over every (set-up, workload) and connection count, the order
+    //    rotated each round; per connection count the run with the median throughput counts, and
+    //    the count with the best median is the set-up's saturation.
     for (let round = 0; round < ROUNDS; round++) {
-      log(`saturation, round ${round + 1} of ${ROUNDS}`);
-      const rotated = combos.map((_, i) => combos[(i + round * 3) % combos.length] as (typeof combos)[number]);
-      for (const { r, w, res } of rotated) {
-        // Warm-up (JIT, connection pools, caches; set-up 6 `users`: every user's exchange and owner lookup).
-        await wrkRun(r, w, round === 0 ? WARMUP : 1, 0);
-        res.rounds?.push(await measure(r, w, res, 0));
+      for (const [ci, connections] of SATURATION_CONNECTIONS.entries()) {
+        log(`saturation, round ${round + 1} of ${ROUNDS}, ${connections} connections`);
+        const rotated = combos.map((_, i) => combos[(i + round * 3) % combos.length] as (typeof combos)[number]);
+        for (const { r, w, res } of rotated) {
+          // Warm-up (JIT, connection pools, caches; set-up 6 `users`: every user's exchange and owner lookup).
+          await wrkRun(r, w, round === 0 && ci === 0 ? WARMUP : 1, 0, connections);
+          res.rounds?.push(await measure(r, w, res, 0, connections));
+        }
       }
     }
     for (const { res } of combos) {
-      const sorted = [...(res.rounds ?? [])].sort((a, b) => a.achieved - b.achieved);
-      const median = sorted[Math.floor((sorted.length - 1) / 2)];
-      if (median) res.points.push(median);
+      let best: Point | undefined;
+      const byConnections: Record<number, number> = {};
+      for (const connections of SATURATION_CONNECTIONS) {
+        const sorted = (res.rounds ?? []).filter((p) => p.connections === connections).sort((a, b) => a.achieved - b.achieved);
+        const median = sorted[Math.floor((sorted.length - 1) / 2)];
+        if (!median) continue;
+        byConnections[connections] = median.achieved;
+        if (!best || median.achieved > best.achieved) best = median;
+      }
+      res.saturationByConnections = byConnections;
+      if (best) res.points.push(best);
     }
     for (const w of ['same', 'distinct'] as const) {
       const sat = byCombo.get(`3/${w}`)?.points[0];
@@ -491,7 +520,7 @@ async function main(): Promise<void> {
     for (let round = 0; round < FIXED_ROUNDS; round++) {
       log(`fixed offered loads, round ${round + 1} of ${FIXED_ROUNDS}`);
       const rotated = fixedRuns.map((_, i) => fixedRuns[(i + round * 5) % fixedRuns.length] as (typeof fixedRuns)[number]);
-      for (const f of rotated) f.runs.push(await measure(f.r, f.w, f.res, f.rate));
+      for (const f of rotated) f.runs.push(await measure(f.r, f.w, f.res, f.rate, CONNECTIONS));
     }
     for (const f of fixedRuns) {
       const byP99 = [...f.runs].sort((a, b) => a.latencyMs.p99 - b.latencyMs.p99);
@@ -533,6 +562,7 @@ async function main(): Promise<void> {
     seconds: SECONDS,
     warmupSeconds: WARMUP,
     connections: CONNECTIONS,
+    saturationConnections: SATURATION_CONNECTIONS,
     rounds: ROUNDS,
     fixedRounds: FIXED_ROUNDS,
     fixedRps: FIXED,

@@ -46,6 +46,7 @@ import { runCodecCheck } from './codec-check.js';
 import { loadAuthorizationService } from '../src/adapters/envoy/protos.js';
 import { parseConfig } from '../src/config/load.js';
 import { checkConfig } from '../src/config/validate.js';
+import { isDenial } from '../src/core/errors.js';
 import { systemClock, systemScheduler, type CheckInput, type Decision, type FetchFn } from '../src/core/types.js';
 import { createLogger } from '../src/observability/logger.js';
 import { createMetrics } from '../src/observability/metrics.js';
@@ -55,7 +56,7 @@ import { createHopTokenModule } from '../src/stages/hop-token.js';
 import { createOwnershipModule } from '../src/stages/ownership.js';
 import { createPeerStageFactory } from '../src/stages/peer.js';
 import type { StageModule } from '../src/stages/registry.js';
-import { createVerifier } from '../src/stages/verify.js';
+import { createVerifier, type Verifier } from '../src/stages/verify.js';
 import { BENCH_AUDIENCE, BENCH_ISSUER, BENCH_ISSUER_NAME, loadMaterial, mintToken, userOf, type BenchKeys } from './lib/tokens.js';
 import type { CheckRequest__Output } from '../src/generated/envoy/service/auth/v3/CheckRequest.js';
 
@@ -83,10 +84,10 @@ function percent(p: readonly [number, number]): string {
 }
 
 /** fn over `inputs` in one unbroken cycle, whatever index the caller passes. */
-function cycling(inputs: readonly CheckInput[], fn: (input: CheckInput) => unknown): () => unknown {
+function cycling<T>(inputs: readonly T[], fn: (input: T) => unknown): () => unknown {
   let next = 0;
   return () => {
-    const input = inputs[next] as CheckInput;
+    const input = inputs[next] as T;
     next = next + 1 === inputs.length ? 0 : next + 1;
     return fn(input);
   };
@@ -174,6 +175,7 @@ const silent = new Writable({ write: (_c, _e, cb) => cb() });
 
 interface Core {
   decider: Decider;
+  verifier: Verifier;
   modules: StageModule[];
   cacheSize(): number;
   /** Token-cache hits and misses so far (the uncached rows must be misses). */
@@ -232,7 +234,7 @@ async function buildCore(
   });
   for (const m of modules) await m.prepare?.(config);
   for (const m of modules) m.activated?.(config);
-  return { decider: createDecider({ policy: checked.policy, verifier }), modules, cacheSize: () => verifier.cacheSize(), cacheHits: () => hits, cacheMisses: () => misses };
+  return { decider: createDecider({ policy: checked.policy, verifier }), verifier, modules, cacheSize: () => verifier.cacheSize(), cacheHits: () => hits, cacheMisses: () => misses };
 }
 
 function baseConfig(routes: Record<string, unknown>[], extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -399,12 +401,22 @@ async function main(): Promise<void> {
   // would meet tokens it verified moments before, and the cache would take them (second
   // use, or first-use's LRU) — an "uncached" row that is partly cached. The cores count
   // their cache hits; the report says how many there were (none, when the cycle holds).
+  // The verifier alone (parse, signature, claims, admission: what verify.ts does for a token
+  // it has not cached), on a core of its own, so that its cycle is not the decide rows' cycle.
+  const verifierOnly = await buildCore(keys, baseConfig([INVOKE_ROUTE]));
+  cores.push(verifierOnly);
+  const rsVerify = cycling(rs, (t) => {
+    const r = verifierOnly.verifier.verify(t, 'header:authorization');
+    if (r instanceof Promise || isDenial(r)) throw new Error('verifier-only: expected a principal');
+    return r;
+  });
   const rsDecide = cycling(rsInputs, (ci) => expectAllow(uncached.decider.decide(ci), 'rs256'));
   const rsChurnDecide = cycling(rsInputs, (ci) => expectAllow(churning.decider.decide(ci), 'rs256'));
   const esDecide = cycling(esInputs, (ci) => expectAllow(uncached.decider.decide(ci), 'es256'));
   const rsRow = await measure(`uncached RS256 (${POOL} tokens, LRU 10,000, admission second-use): decide`, rsDecide);
   const rsChurnRow = await measure(`uncached RS256 (${POOL} tokens, LRU 10,000, admission first-use): decide`, rsChurnDecide);
   const rsRaw = rs.map((t) => rawVerifier(t, keys.rsa.publicKey, 'RS256'));
+  const rsVerifyRow = await measure(`uncached RS256 (${POOL} tokens, admission second-use): the verifier alone`, rsVerify, 'parse, signature, claims, admission; no route, credentials or response');
   const rsRawRow = await measure('raw node:crypto RS256 verify, same tokens', (i) => {
     if (!(rsRaw[i % POOL] as () => boolean)()) throw new Error('raw verify failed');
   });
@@ -416,21 +428,24 @@ async function main(): Promise<void> {
 
   let rsPair: [number, number] = [NaN, NaN];
   let rsChurnPair: [number, number] = [NaN, NaN];
+  let rsVerifyPair: [number, number] = [NaN, NaN];
   let esPair: [number, number] = [NaN, NaN];
-  if (wanted('paired RS256 decide vs raw verify', rsRow.scenario, rsChurnRow.scenario, esRow.scenario)) {
+  if (wanted('paired RS256 decide vs raw verify', rsRow.scenario, rsChurnRow.scenario, rsVerifyRow.scenario, esRow.scenario)) {
     rsPair = paired(rsDecide, (i) => (rsRaw[i % POOL] as () => boolean)());
     rsChurnPair = paired(rsChurnDecide, (i) => (rsRaw[i % POOL] as () => boolean)());
+    rsVerifyPair = paired(rsVerify, (i) => (rsRaw[i % POOL] as () => boolean)());
     esPair = paired(esDecide, (i) => (esRaw[i % POOL] as () => boolean)());
   }
-  uncachedHits = uncached.cacheHits() + churning.cacheHits();
-  const uncachedMisses = uncached.cacheMisses() + churning.cacheMisses();
-  log(`token-cache hits during the uncached rows: ${uncachedHits} of ${uncachedHits + uncachedMisses} decisions (second-use core ${uncached.cacheHits()}, first-use core ${churning.cacheHits()})`);
+  uncachedHits = uncached.cacheHits() + churning.cacheHits() + verifierOnly.cacheHits();
+  const uncachedMisses = uncached.cacheMisses() + churning.cacheMisses() + verifierOnly.cacheMisses();
+  log(`token-cache hits during the uncached rows: ${uncachedHits} of ${uncachedHits + uncachedMisses} decisions (second-use core ${uncached.cacheHits()}, first-use core ${churning.cacheHits()}, verifier alone ${verifierOnly.cacheHits()})`);
   // A stray hit or two is a false positive of the admission filter (it caches a token on first use); more means the cycle broke.
   if (uncachedHits > 0.001 * (uncachedHits + uncachedMisses)) log('WARNING: the uncached rows were partly served from the token cache; their figures are too fast');
   const pct = (p: [number, number]): string => `${p[0]}/s vs ${p[1]}/s = ${percent(p)}%`;
-  log(`paired RS256 decide vs raw verify: ${pct(rsPair)}; with first-use admission (LRU churn): ${pct(rsChurnPair)}; ES256: ${pct(esPair)}`);
+  log(`paired RS256 decide vs raw verify: ${pct(rsPair)}; with first-use admission (LRU churn): ${pct(rsChurnPair)}; the verifier alone: ${pct(rsVerifyPair)}; ES256: ${pct(esPair)}`);
   paired_results = {
     rs256: { decide: rsPair[0], raw: rsPair[1] },
+    rs256VerifierOnly: { decide: rsVerifyPair[0], raw: rsVerifyPair[1] },
     rs256FirstUse: { decide: rsChurnPair[0], raw: rsChurnPair[1] },
     es256: { decide: esPair[0], raw: esPair[1] },
   };
@@ -528,7 +543,7 @@ async function main(): Promise<void> {
   log('');
   log(`target: cached decision ≤ 10 µs — decide p50 ${cachedRow?.p50us} µs / p99 ${cachedRow?.p99us} µs; with the gRPC handler's decode/encode p50 ${grpcRow?.p50us} µs`);
   log(`target: uncached RS256 ≥ 80% of raw node:crypto — ${rsRow.perSecond} / ${rsRawRow.perSecond} = ${percent([rsRow.perSecond, rsRawRow.perSecond])}% (separate loops)`);
-  log(`        paired (alternating 100 ms slices): RS256 ${rsPair[0]} / ${rsPair[1]} = ${percent(rsPair)}% (first-use admission: ${percent(rsChurnPair)}%); ES256 ${esPair[0]} / ${esPair[1]} = ${percent(esPair)}%`);
+  log(`        paired (alternating 100 ms slices): RS256 ${rsPair[0]} / ${rsPair[1]} = ${percent(rsPair)}% (first-use admission: ${percent(rsChurnPair)}%; the verifier alone: ${percent(rsVerifyPair)}%); ES256 ${esPair[0]} / ${esPair[1]} = ${percent(esPair)}%`);
   log(`        (ES256 separate loops: ${esRow.perSecond} / ${esRawRow.perSecond} = ${percent([esRow.perSecond, esRawRow.perSecond])}%)`);
 
   const out = process.env.MICRO_JSON ?? join(ROOT, 'bench', 'results', 'micro-latest.json');

@@ -40,7 +40,8 @@ export function renderMarkdown(res: BenchResults): { full: string; summary: stri
   lines.push('');
   lines.push(`Machine: ${String(m.cores)} cores (${String(m.cpuModel)}), Linux ${String(m.kernel)}; load average (1/5/15 min) ${la(m.loadavgStart)} at the start, ${la(m.loadavgEnd)} at the end.`);
   lines.push(`Versions: Envoy ${String(m.envoy)} with \`--concurrency ${String(m.envoyConcurrency)}\`; node ${String(m.node)}; ${String(m.wrk)}; OPA ${String(m.opa)}.`);
-  lines.push(`Load: wrk, 1 thread, ${String(m.connections)} connections, ${String(m.seconds)} s per point; saturation in ${String(m.rounds)} rotated rounds (median reported; ${String(m.warmupSeconds)} s warm-up before the first, 1 s before later ones); fixed loads in ${String(m.fixedRounds ?? 1)} rotated rounds (the round with the median p99 reported, every round's p99 listed); ${String(m.tokenPool)} distinct RS256 tokens in the \`distinct\` pool.`);
+  const satConnections = Array.isArray(m.saturationConnections) ? (m.saturationConnections as number[]) : [Number(m.connections)];
+  lines.push(`Load: wrk, 1 thread, ${String(m.seconds)} s per point; saturation at ${satConnections.join(' and ')} connections in ${String(m.rounds)} rotated rounds each (per connection count the median run; a set-up's saturation is its best median; ${String(m.warmupSeconds)} s warm-up before the first run, 1 s before later ones); fixed loads at ${String(m.connections)} connections in ${String(m.fixedRounds ?? 1)} rotated rounds (the round with the median p99 reported, every round's p99 listed); ${String(m.tokenPool)} distinct RS256 tokens in the \`distinct\` pool.`);
   lines.push('');
 
   const workloads: Workload[] = ['same', 'distinct', 'users'];
@@ -49,8 +50,8 @@ export function renderMarkdown(res: BenchResults): { full: string; summary: stri
     if (!rows.some((r) => r.workload === w)) continue;
     lines.push(`### Saturation — ${WORKLOAD_TITLE[w]}`);
     lines.push('');
-    lines.push('| # | set-up | req/s (median) | each round | p50 ms | p99 ms | p99.9 ms | errors | ÷ set-up 2 | ÷ set-up 5 | CPU µs/req: envoy | authorizer | upstream |');
-    lines.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    lines.push('| # | set-up | req/s (best median) | connections | median at each count | each round (at that count) | p50 ms | p99 ms | p99.9 ms | errors | ÷ set-up 2 | ÷ set-up 5 | CPU µs/req: envoy | authorizer | upstream |');
+    lines.push('|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
     const native = sat(find('jwt-rbac', w === 'users' ? 'same' : w));
     const opa = sat(find('opa', w === 'users' ? 'same' : w));
     for (const r of rows) {
@@ -58,7 +59,8 @@ export function renderMarkdown(res: BenchResults): { full: string; summary: stri
       if (!p) continue;
       const label = r.key === 'noauth' && w !== 'same' ? `${r.title} (same requests)` : r.title;
       lines.push(
-        `| ${r.id} | ${label} | ${p.achieved} | ${(r.rounds ?? []).map((x) => x.achieved).join(', ')} | ${f(p.latencyMs.p50)} | ${f(p.latencyMs.p99)} | ${f(p.latencyMs.p999)} | ${errs(p)} | ` +
+        `| ${r.id} | ${label} | ${p.achieved} | ${p.connections ?? '–'} | ${Object.entries(r.saturationByConnections ?? {}).map(([c, v]) => `${c}: ${v}`).join(' · ')} | ` +
+          `${(r.rounds ?? []).filter((x) => x.connections === p.connections).map((x) => x.achieved).join(', ')} | ${f(p.latencyMs.p50)} | ${f(p.latencyMs.p99)} | ${f(p.latencyMs.p999)} | ${errs(p)} | ` +
           `${native ? f(p.achieved / native.achieved) : '–'} | ${opa ? f(p.achieved / opa.achieved) : '–'} | ${cpu(p, 'envoy')} | ${cpu(p, 'authz')} | ${cpu(p, 'upstream')} |`,
       );
     }
