@@ -103,7 +103,7 @@ function createExchangeMetrics(registry: Registry): ExchangeMetrics {
  * sha256 of subject token, audience and scope: the cache never holds a caller's token.
  * One-shot `hash()`, not `createHash()`: a Hash object is a native object with a weak
  * handle, and thousands of them dying per young-generation collection made each
- * collection ≈ 1 ms longer on a busy exchange route (docs/design/performance.md §10).
+ * collection ≈ 1 ms longer on a busy exchange route (docs/design/performance.md §9).
  */
 export function exchangeCacheKey(subjectToken: string, audience: string, scope: string | undefined): string {
   return hash('sha256', `${subjectToken}\0${audience}\0${scope ?? ''}`, 'base64url');
