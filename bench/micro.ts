@@ -396,15 +396,15 @@ async function main(): Promise<void> {
   // admission every one is inserted and evicted unused (LRU churn), as before admission existed.
   const churning = await buildCore(keys, baseConfig([INVOKE_ROUTE]), { cacheAdmission: 'first-use' });
   cores.push(churning);
+  // The verifier alone (parse, signature, claims, admission: what verify.ts does for a token
+  // it has not cached), on a core of its own, so that its cycle is not the decide rows' cycle.
+  const verifierOnly = await buildCore(keys, baseConfig([INVOKE_ROUTE]));
+  cores.push(verifierOnly);
   // Each uncached scenario walks its pool in one unbroken cycle across all its measurements
   // (warm-up, loop, samples, paired slices): a measurement that started again at token 0
   // would meet tokens it verified moments before, and the cache would take them (second
   // use, or first-use's LRU) — an "uncached" row that is partly cached. The cores count
   // their cache hits; the report says how many there were (none, when the cycle holds).
-  // The verifier alone (parse, signature, claims, admission: what verify.ts does for a token
-  // it has not cached), on a core of its own, so that its cycle is not the decide rows' cycle.
-  const verifierOnly = await buildCore(keys, baseConfig([INVOKE_ROUTE]));
-  cores.push(verifierOnly);
   const rsVerify = cycling(rs, (t) => {
     const r = verifierOnly.verifier.verify(t, 'header:authorization');
     if (r instanceof Promise || isDenial(r)) throw new Error('verifier-only: expected a principal');
@@ -416,9 +416,10 @@ async function main(): Promise<void> {
   const rsRow = await measure(`uncached RS256 (${POOL} tokens, LRU 10,000, admission second-use): decide`, rsDecide);
   const rsChurnRow = await measure(`uncached RS256 (${POOL} tokens, LRU 10,000, admission first-use): decide`, rsChurnDecide);
   const rsRaw = rs.map((t) => rawVerifier(t, keys.rsa.publicKey, 'RS256'));
+  const rsRawAt = (i: number): boolean => (rsRaw[i % POOL] as () => boolean)();
   const rsVerifyRow = await measure(`uncached RS256 (${POOL} tokens, admission second-use): the verifier alone`, rsVerify, 'parse, signature, claims, admission; no route, credentials or response');
   const rsRawRow = await measure('raw node:crypto RS256 verify, same tokens', (i) => {
-    if (!(rsRaw[i % POOL] as () => boolean)()) throw new Error('raw verify failed');
+    if (!rsRawAt(i)) throw new Error('raw verify failed');
   });
   const esRow = await measure(`uncached ES256 (${POOL} tokens, LRU 10,000, admission second-use): decide`, esDecide);
   const esRaw = es.map((t) => rawVerifier(t, createPublicKey(keys.ec.privateKey), 'ES256'));
@@ -431,9 +432,9 @@ async function main(): Promise<void> {
   let rsVerifyPair: [number, number] = [NaN, NaN];
   let esPair: [number, number] = [NaN, NaN];
   if (wanted('paired RS256 decide vs raw verify', rsRow.scenario, rsChurnRow.scenario, rsVerifyRow.scenario, esRow.scenario)) {
-    rsPair = paired(rsDecide, (i) => (rsRaw[i % POOL] as () => boolean)());
-    rsChurnPair = paired(rsChurnDecide, (i) => (rsRaw[i % POOL] as () => boolean)());
-    rsVerifyPair = paired(rsVerify, (i) => (rsRaw[i % POOL] as () => boolean)());
+    rsPair = paired(rsDecide, rsRawAt);
+    rsChurnPair = paired(rsChurnDecide, rsRawAt);
+    rsVerifyPair = paired(rsVerify, rsRawAt);
     esPair = paired(esDecide, (i) => (esRaw[i % POOL] as () => boolean)());
   }
   uncachedHits = uncached.cacheHits() + churning.cacheHits() + verifierOnly.cacheHits();

@@ -59,22 +59,16 @@ export function createDeferredCounter<T extends string>(config: Omit<CounterConf
 }
 
 /**
- * The per-decision counters, kept in plain numbers and handed to prom-client
- * when the metrics are read (its `collect` hook). prom-client's `inc(labels)`
- * builds a key string from the label values on every call, about 0.3 µs and
- * 0.5 KB of garbage per decision; here a decision adds 1 to a number found by
- * two Map lookups. Route names come from configuration and reasons from a
- * fixed set, so the maps stay small.
+ * The per-decision counters: deferred counters (createDeferredCounter), so a
+ * decision adds 1 to a number found by two Map lookups instead of prom-client
+ * building a key string from the label values (about 0.3 µs and 0.5 KB of
+ * garbage per decision). Route names come from configuration and reasons from
+ * a fixed set, so the maps stay small.
  */
 export interface DecisionCounts {
   decision(route: string, kind: 'allow' | 'deny', reason: string): void;
   tokenCacheHit(): void;
   tokenCacheMiss(): void;
-}
-
-interface Pending {
-  readonly labels: { route: string; decision: string; reason: string };
-  n: number;
 }
 
 /** Every metric portcullis exports, created per app instance on its own registry. */
@@ -98,55 +92,51 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics 
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'portcullis_process_' });
   const registers = [registry];
-  // route → decision kind → reason → count not yet handed to prom-client.
-  const pending = new Map<string, { allow: Pending; deny: Map<string, Pending> }>();
-  let cacheHits = 0;
-  let cacheMisses = 0;
+  const decisions = createDeferredCounter({
+    name: 'portcullis_decisions_total',
+    help: 'Authorization decisions by route, decision and reason code',
+    labelNames: ['route', 'decision', 'reason'],
+    registers,
+  });
+  const tokenCache = createDeferredCounter({
+    name: 'portcullis_token_cache_total',
+    help: 'Verified-token cache lookups by result (hit|miss)',
+    labelNames: ['result'],
+    registers,
+  });
+  // route → the allow count and the deny count of each reason.
+  const byRoute = new Map<string, { allow: BoundCount; deny: Map<string, BoundCount> }>();
+  const cacheHits = tokenCache.bind({ result: 'hit' });
+  const cacheMisses = tokenCache.bind({ result: 'miss' });
   const counts: DecisionCounts = {
     decision(route, kind, reason) {
-      let r = pending.get(route);
+      let r = byRoute.get(route);
       if (r === undefined) {
-        r = { allow: { labels: { route, decision: 'allow', reason: '' }, n: 0 }, deny: new Map() };
-        pending.set(route, r);
+        r = { allow: decisions.bind({ route, decision: 'allow', reason: '' }), deny: new Map() };
+        byRoute.set(route, r);
       }
       if (kind === 'allow') {
-        r.allow.n++;
+        r.allow.inc();
         return;
       }
       let e = r.deny.get(reason);
       if (e === undefined) {
-        e = { labels: { route, decision: 'deny', reason }, n: 0 };
+        e = decisions.bind({ route, decision: 'deny', reason });
         r.deny.set(reason, e);
       }
-      e.n++;
+      e.inc();
     },
     tokenCacheHit() {
-      cacheHits++;
+      cacheHits.inc();
     },
     tokenCacheMiss() {
-      cacheMisses++;
+      cacheMisses.inc();
     },
   };
   return {
     registry,
     counts,
-    decisions: new Counter({
-      name: 'portcullis_decisions_total',
-      help: 'Authorization decisions by route, decision and reason code',
-      labelNames: ['route', 'decision', 'reason'],
-      registers,
-      collect() {
-        const flush = (e: Pending): void => {
-          if (e.n === 0) return;
-          this.inc(e.labels, e.n);
-          e.n = 0;
-        };
-        for (const r of pending.values()) {
-          flush(r.allow);
-          for (const e of r.deny.values()) flush(e);
-        }
-      },
-    }),
+    decisions: decisions.counter,
     decisionSeconds: new Histogram({
       name: 'portcullis_decision_duration_seconds',
       help: 'Time from request received to decision, by decision',
@@ -154,18 +144,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Metrics 
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers,
     }),
-    tokenCache: new Counter({
-      name: 'portcullis_token_cache_total',
-      help: 'Verified-token cache lookups by result (hit|miss)',
-      labelNames: ['result'],
-      registers,
-      collect() {
-        if (cacheHits > 0) this.inc({ result: 'hit' }, cacheHits);
-        if (cacheMisses > 0) this.inc({ result: 'miss' }, cacheMisses);
-        cacheHits = 0;
-        cacheMisses = 0;
-      },
-    }),
+    tokenCache: tokenCache.counter,
     jwksFetches: new Counter({
       name: 'portcullis_jwks_fetches_total',
       help: 'JWKS fetches per issuer by result (ok|error)',
